@@ -1,0 +1,5 @@
+"""Small random models and helpers for tests and examples."""
+
+from lensiar.testing.zoo import list_tiny_models, tiny_model
+
+__all__ = ["list_tiny_models", "tiny_model"]
