@@ -1,0 +1,297 @@
+"""The Lens: one HF model (a VLM or a plain causal LM) wrapped by nnsight, read through hook names."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Any
+
+import einops
+import torch
+from jaxtyping import Bool, Float, Int
+from nnsight import NNsight
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import BatchEncoding, PreTrainedModel
+
+from lensiar.arch import ArchSpec, arch_for, attention_name, get_path, image_token_id, text_layers
+from lensiar.cache import ActivationCache, Positions, hook_order, left_pad, reduce, select_mask
+from lensiar.hooks import HookPoint, all_names, parse
+from lensiar.prompt import Prompt, as_prompt
+from lensiar.spec import ModelSpec, model_spec
+
+Inputs = Sequence[Prompt | str] | Prompt | str | BatchEncoding | dict[str, Tensor]
+
+
+class Lens:
+    """One HF model and its processor, read and written through the hook-name vocabulary.
+
+    ``Lens(model, processor)`` wraps an already-loaded model (fp32 or any dtype, any device);
+    :meth:`from_pretrained` loads a local directory or an offline registry name. The model's
+    weights are never modified by a Lens.
+    """
+
+    def __init__(self, model: PreTrainedModel, processor: Any = None) -> None:
+        self.model = model.eval()
+        self.arch: ArchSpec = arch_for(model)
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.nn = NNsight(model)
+        self.image_token_id = image_token_id(model, self.arch)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, device: str = "cpu"
+    ) -> Lens:
+        """Load a local checkpoint directory or a registry name (``"smollm2-135m-instruct"``, ``"organism"``)."""
+        if str(name_or_path) == "organism":
+            from lensiar.organism import load as load_organism
+
+            return load_organism(dtype=dtype, device=device)
+        from lensiar.models import load_pretrained
+
+        model, processor = load_pretrained(name_or_path, dtype=dtype, device=device)
+        return cls(model, processor)
+
+    # ------------------------------------------------------------------ structure
+    @cached_property
+    def spec(self) -> ModelSpec:
+        """n_layers, n_heads, n_kv_heads, d_head, d_model, architecture, fingerprint."""
+        return model_spec(self.model, self.arch)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return text_layers(self.model, self.arch)
+
+    def attention(self, layer: int) -> nn.Module:
+        """The attention module of ``layer`` (``cross_attn`` on Mllama's cross-attention layers)."""
+        block = self.layers[layer]
+        return getattr(block, attention_name(block, self.arch))
+
+    def o_proj(self, layer: int) -> nn.Linear:
+        proj = getattr(self.attention(layer), self.arch.o_proj)
+        assert isinstance(proj, nn.Linear)
+        return proj
+
+    def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
+        """Each head's slice of ``o_proj``'s weight: ``o_proj(z) = sum_h z_h @ W_O[h] (+ bias)``."""
+        weight = self.o_proj(layer).weight  # [d_model, n_heads * d_head]
+        return einops.rearrange(weight, "m (h d) -> h d m", h=self.spec.n_heads)
+
+    def hook_names(self) -> list[str]:
+        """Every hook name this model exposes."""
+        return all_names(self.spec.n_layers)
+
+    # ------------------------------------------------------------------ inputs
+    def _render(self, prompt: Prompt) -> str:
+        tok = self.tokenizer
+        has_template = bool(getattr(self.processor, "chat_template", None) or getattr(tok, "chat_template", None))
+        if not has_template:
+            system = f"{prompt.system}\n\n" if prompt.system else ""
+            return system + prompt.text
+        messages = prompt.messages()
+        if not self.arch.vision:  # text-only chat templates expect plain string content
+            messages = [dict(m, content=_plain(m["content"])) for m in messages]
+        rendered = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return rendered if isinstance(rendered, str) else rendered[0]
+
+    def prepare(self, prompts: Inputs) -> BatchEncoding:
+        """The exact model inputs for ``prompts`` (chat template applied, left padding, images processed)."""
+        if isinstance(prompts, BatchEncoding | dict):
+            return prompts if isinstance(prompts, BatchEncoding) else BatchEncoding(prompts)
+        items = [as_prompt(p) for p in ([prompts] if isinstance(prompts, Prompt | str) else prompts)]
+        if not items:
+            raise ValueError("empty batch: give at least one prompt")
+        if self.processor is None:
+            raise ValueError(
+                "this Lens has no processor/tokenizer, so it cannot build inputs from prompts; "
+                "use Lens(model, processor) or pass an already-prepared batch (a BatchEncoding)"
+            )
+        has_images = any(p.images for p in items)
+        if has_images and not self.arch.vision:
+            raise ValueError(f"{self.spec.architecture} is a text-only model; it cannot take images")
+        texts = [self._render(p) for p in items]
+        with _left_padding(self.tokenizer):
+            if has_images:
+                if not all(p.images for p in items):
+                    raise ValueError("a batch must be all image prompts or all text prompts; split it into two batches")
+                images = [list(p.images) for p in items]
+                batch = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+            elif self.arch.vision:
+                batch = self.processor(text=texts, padding=True, return_tensors="pt")
+            else:
+                batch = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+        for key in self.arch.drop_inputs:
+            batch.pop(key, None)
+        return batch
+
+    def _batches(self, inputs: Inputs, batch_size: int) -> Iterator[BatchEncoding]:
+        if isinstance(inputs, BatchEncoding | dict):
+            yield self.prepare(inputs)
+            return
+        items = [inputs] if isinstance(inputs, Prompt | str) else list(inputs)
+        if not items:
+            raise ValueError("empty batch: give at least one prompt")
+        for start in range(0, len(items), batch_size):
+            yield self.prepare(items[start : start + batch_size])
+
+    def model_inputs(self, batch: BatchEncoding) -> dict[str, Any]:
+        """``batch`` on the model's device, plus position ids that ignore left padding where the model needs them."""
+        kwargs = {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+        for key in self.arch.drop_inputs:
+            kwargs.pop(key, None)
+        if self.arch.position_ids and "position_ids" not in kwargs and "attention_mask" in kwargs:
+            kwargs["position_ids"] = (kwargs["attention_mask"].long().cumsum(-1) - 1).clamp_min(0)
+        return kwargs
+
+    def image_mask(self, batch: BatchEncoding) -> Bool[Tensor, "b s"] | None:
+        """True at image-placeholder tokens (``None`` for a text-only model)."""
+        if self.image_token_id is None:
+            return None
+        ids: Int[Tensor, "b s"] = batch["input_ids"]
+        return ids == self.image_token_id
+
+    # ------------------------------------------------------------------ reading
+    def _read(self, points: list[HookPoint]) -> Iterator[tuple[HookPoint, Any]]:
+        """Inside an nnsight trace: yield (point, saved value) in execution order."""
+        layers = get_path(self.nn, self.arch.layers)
+        for point in sorted(points, key=hook_order):
+            block = layers[point.layer]
+            if point.kind == "resid_pre":
+                yield point, block.input.save()
+            elif point.kind == "z":
+                attn = getattr(block, attention_name(self.layers[point.layer], self.arch))
+                yield point, getattr(attn, self.arch.o_proj).input.save()
+            elif point.kind == "attn_out":
+                if self.arch.attn_out is None:
+                    attn = getattr(block, attention_name(self.layers[point.layer], self.arch))
+                    yield point, attn.output[0].save()
+                else:
+                    yield point, getattr(block, self.arch.attn_out).output.save()
+            elif point.kind == "mlp_out":
+                yield point, getattr(block, self.arch.mlp_out).output.save()
+            else:
+                out = block.output
+                yield point, (out[0] if isinstance(out, tuple) else out).save()
+
+    def _shape(self, point: HookPoint, value: Tensor) -> Tensor:
+        value = value.detach()
+        if point.kind == "z":
+            return einops.rearrange(value, "b s (h d) -> b s h d", h=self.spec.n_heads)
+        return value
+
+    @torch.no_grad()
+    def run_with_cache(
+        self,
+        inputs: Inputs,
+        names: str | Sequence[str],
+        positions: Positions = "last",
+        batch_size: int = 16,
+        progress: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> ActivationCache:
+        """Capture hook values in one forward pass per batch.
+
+        Args:
+            inputs: prompts (strings / :class:`Prompt`) or one prepared batch.
+            names: hook names (``blocks.3.attn.hook_z``; ``blocks.*.hook_resid_post`` for all layers).
+            positions: ``"last"`` / ``"mean"`` give ``[batch, ...]``; ``"all"``, ``"image"`` or a
+                boolean mask ``[batch, seq]`` (prepared batch only) give ``[batch, seq, ...]`` with
+                zeros outside the selection, and ``cache.mask`` tells which positions hold values.
+            batch_size: prompts per forward pass.
+            device: where captured values are stored.
+
+        Per-position shapes: resid/attn_out/mlp_out ``[d_model]``, ``attn.hook_z`` ``[n_heads, d_head]``.
+        Padding never contributes to a value.
+        """
+        points = parse(list(names) if not isinstance(names, str) else names, self.spec.n_layers)
+        if isinstance(positions, Tensor) and not isinstance(inputs, BatchEncoding | dict):
+            raise ValueError("an explicit position mask needs a prepared batch (lens.prepare(prompts)), "
+                             "so that its [batch, seq] shape is defined")
+        collected: dict[str, list[Tensor]] = {p.name: [] for p in points}
+        masks: list[Tensor] = []
+        batches = self._batches(inputs, batch_size)
+        for batch in tqdm(batches, desc="capture", disable=not progress, leave=False):
+            kwargs = self.model_inputs(batch)
+            mask = select_mask(positions, kwargs["attention_mask"], self.image_mask(batch))
+            saved: list[tuple[HookPoint, Any]] = []  # defined outside: nnsight runs the body in its own frame
+            with self.nn.trace(**kwargs):
+                saved.extend(self._read(points))
+            for point, value in saved:
+                collected[point.name].append(reduce(self._shape(point, value), positions, mask).to(device))
+            masks.append(mask.to(device))
+        keeps_seq = not (isinstance(positions, str) and positions in ("last", "mean"))
+        length = max(m.shape[1] for m in masks)
+        values = {n: (left_pad(v, length) if keeps_seq else torch.cat(v)) for n, v in collected.items()}
+        return ActivationCache(values, positions, left_pad(masks, length) if keeps_seq else None)
+
+    @torch.no_grad()
+    def forward(self, inputs: Inputs) -> Float[Tensor, "b s vocab"]:
+        """Logits of one prepared batch or a list of prompts (one padded batch)."""
+        batch = self.prepare(inputs)
+        return self.model(**self.model_inputs(batch)).logits
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: Inputs,
+        max_new_tokens: int = 32,
+        batch_size: int = 8,
+        progress: bool = False,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """Batched generation (left padding, greedy unless ``do_sample=True``); returns the new text per prompt."""
+        if self.processor is None and not isinstance(inputs, BatchEncoding | dict):
+            raise ValueError("this Lens has no processor/tokenizer; use Lens(model, processor)")
+        texts: list[str] = []
+        pad = _pad_id(self.tokenizer) if self.tokenizer is not None else None
+        options: dict[str, Any] = {"do_sample": False, "pad_token_id": pad}
+        options.update(generate_kwargs)
+        for batch in tqdm(list(self._batches(inputs, batch_size)), desc="generate", disable=not progress, leave=False):
+            kwargs = self.model_inputs(batch)
+            kwargs.pop("position_ids", None)  # generate derives positions from the attention mask
+            out = self.model.generate(**kwargs, max_new_tokens=max_new_tokens, **options)
+            new = out[:, kwargs["input_ids"].shape[1] :]
+            if self.tokenizer is None:
+                raise ValueError("decoding needs a tokenizer")
+            texts.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
+        return texts
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (f"Lens({s.architecture}: {s.n_layers} layers x {s.n_heads} heads (d_head {s.d_head}, "
+                f"{s.n_kv_heads} kv), d_model {s.d_model})")
+
+
+def _plain(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(c.get("text", "") for c in content)
+
+
+def _pad_id(tokenizer: Any) -> int | None:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
+
+
+@contextmanager
+def _left_padding(tokenizer: Any) -> Iterator[None]:
+    """Left padding for the duration of the block (a pad token falls back to EOS)."""
+    if tokenizer is None:
+        yield
+        return
+    side = tokenizer.padding_side
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
