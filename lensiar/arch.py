@@ -30,6 +30,8 @@ class ArchSpec:
         position_ids: pass ``cumsum(attention_mask) - 1`` as position ids so left padding does not
             shift positions; ``False`` where the model derives its own (Qwen-VL's 3-D rope).
         drop_inputs: processor outputs the forward pass must not receive (PaliGemma's ``labels``).
+        image_only_attention: an attention module whose whole layer is skipped when the batch has no
+            image (Mllama's ``cross_attn``); such layers have no hook values on text-only batches.
     """
 
     layers: str
@@ -41,6 +43,8 @@ class ArchSpec:
     extra_inputs: tuple[str, ...] = ()
     position_ids: bool = True
     drop_inputs: tuple[str, ...] = ()
+    image_only_attention: str | None = None
+    processor_needs_images: bool = False
 
     @property
     def vision(self) -> bool:
@@ -72,11 +76,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen3_vl": _QWEN_VL,
     "idefics3": ArchSpec(layers="model.text_model.layers"),
     "smolvlm": ArchSpec(layers="model.text_model.layers"),
-    "paligemma": ArchSpec(layers=_LM, drop_inputs=("labels",)),
+    "paligemma": ArchSpec(layers=_LM, drop_inputs=("labels",), processor_needs_images=True),
     "gemma3": ArchSpec(layers=_LM, attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm"),
     "internvl": ArchSpec(layers=_LM),
     "mistral3": ArchSpec(layers=_LM, image_token="image_token_index"),
-    "mllama": ArchSpec(layers=_LM, attention=("self_attn", "cross_attn"), image_token="image_token_index"),
+    "mllama": ArchSpec(layers=_LM, attention=("self_attn", "cross_attn"), image_token="image_token_index",
+                       image_only_attention="cross_attn"),
 }
 
 

@@ -68,6 +68,7 @@ class ActivationCache(Mapping[str, Tensor]):
         self._values = values
         self.positions = positions
         self.mask = mask
+        self.logits: Tensor | None = None
 
     def __getitem__(self, name: str) -> Tensor:
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
@@ -22,7 +22,7 @@ from lensiar.hooks import HookPoint, all_names, parse
 from lensiar.prompt import Prompt, as_prompt
 from lensiar.spec import ModelSpec, model_spec
 
-Inputs = Sequence[Prompt | str] | Prompt | str | BatchEncoding | dict[str, Tensor]
+Inputs = Sequence[Prompt | str] | Prompt | str | Mapping[str, Any]
 
 
 class Lens:
@@ -103,8 +103,8 @@ class Lens:
 
     def prepare(self, prompts: Inputs) -> BatchEncoding:
         """The exact model inputs for ``prompts`` (chat template applied, left padding, images processed)."""
-        if isinstance(prompts, BatchEncoding | dict):
-            return prompts if isinstance(prompts, BatchEncoding) else BatchEncoding(prompts)
+        if _is_batch(prompts):
+            return prompts if isinstance(prompts, BatchEncoding) else BatchEncoding(dict(prompts))
         items = [as_prompt(p) for p in ([prompts] if isinstance(prompts, Prompt | str) else prompts)]
         if not items:
             raise ValueError("empty batch: give at least one prompt")
@@ -123,7 +123,7 @@ class Lens:
                     raise ValueError("a batch must be all image prompts or all text prompts; split it into two batches")
                 images = [list(p.images) for p in items]
                 batch = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
-            elif self.arch.vision:
+            elif self.arch.vision and not self.arch.processor_needs_images:
                 batch = self.processor(text=texts, padding=True, return_tensors="pt")
             else:
                 batch = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
@@ -132,7 +132,7 @@ class Lens:
         return batch
 
     def _batches(self, inputs: Inputs, batch_size: int) -> Iterator[BatchEncoding]:
-        if isinstance(inputs, BatchEncoding | dict):
+        if _is_batch(inputs):
             yield self.prepare(inputs)
             return
         items = [inputs] if isinstance(inputs, Prompt | str) else list(inputs)
@@ -180,6 +180,25 @@ class Lens:
                 out = block.output
                 yield point, (out[0] if isinstance(out, tuple) else out).save()
 
+    def skipped_layers(self, has_image: bool) -> set[int]:
+        """Layers that do not run on this kind of batch (Mllama's cross-attention layers without an image)."""
+        name = self.arch.image_only_attention
+        if name is None or has_image:
+            return set()
+        return {i for i, block in enumerate(self.layers) if attention_name(block, self.arch) == name}
+
+    def _runnable(self, points: list[HookPoint], names: list[str], has_image: bool) -> list[HookPoint]:
+        """``points`` less the layers this batch skips; naming such a layer explicitly is an error."""
+        skipped = self.skipped_layers(has_image)
+        if not skipped:
+            return points
+        explicit = [n for n in names if "*" not in n]
+        bad = [p.name for p in parse(explicit, self.spec.n_layers) if p.layer in skipped] if explicit else []
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: layer(s) {sorted(skipped)} are cross-attention layers that only run "
+                             "when the prompt has an image; give an image or use other layers")
+        return [p for p in points if p.layer not in skipped]
+
     def _shape(self, point: HookPoint, value: Tensor) -> Tensor:
         value = value.detach()
         if point.kind == "z":
@@ -195,6 +214,7 @@ class Lens:
         batch_size: int = 16,
         progress: bool = False,
         device: str | torch.device = "cpu",
+        return_logits: bool = False,
     ) -> ActivationCache:
         """Capture hook values in one forward pass per batch.
 
@@ -206,30 +226,45 @@ class Lens:
                 zeros outside the selection, and ``cache.mask`` tells which positions hold values.
             batch_size: prompts per forward pass.
             device: where captured values are stored.
+            return_logits: also keep the model's logits of the same pass in ``cache.logits``
+                (reduced by the same position rule; shape ``[batch, vocab]`` for last/mean).
 
         Per-position shapes: resid/attn_out/mlp_out ``[d_model]``, ``attn.hook_z`` ``[n_heads, d_head]``.
         Padding never contributes to a value.
         """
-        points = parse(list(names) if not isinstance(names, str) else names, self.spec.n_layers)
-        if isinstance(positions, Tensor) and not isinstance(inputs, BatchEncoding | dict):
+        name_list = [names] if isinstance(names, str) else list(names)
+        requested = parse(name_list, self.spec.n_layers)
+        if isinstance(positions, Tensor) and not _is_batch(inputs):
             raise ValueError("an explicit position mask needs a prepared batch (lens.prepare(prompts)), "
                              "so that its [batch, seq] shape is defined")
-        collected: dict[str, list[Tensor]] = {p.name: [] for p in points}
+        collected: dict[str, list[Tensor]] = {p.name: [] for p in requested}
         masks: list[Tensor] = []
+        logits: list[Tensor] = []
         batches = self._batches(inputs, batch_size)
         for batch in tqdm(batches, desc="capture", disable=not progress, leave=False):
             kwargs = self.model_inputs(batch)
+            points = self._runnable(requested, name_list, has_image="pixel_values" in kwargs)
             mask = select_mask(positions, kwargs["attention_mask"], self.image_mask(batch))
-            saved: list[tuple[HookPoint, Any]] = []  # defined outside: nnsight runs the body in its own frame
+            # Defined outside the block: nnsight runs the body in its own frame (and, for some models such
+            # as Gemma3, more than once), so values are keyed rather than appended.
+            saved: dict[HookPoint | None, Any] = {}
             with self.nn.trace(**kwargs):
-                saved.extend(self._read(points))
-            for point, value in saved:
-                collected[point.name].append(reduce(self._shape(point, value), positions, mask).to(device))
+                saved.update(self._read(points))
+                if return_logits:
+                    saved[None] = self.nn.output.logits.save()
+            for point, value in saved.items():
+                if point is None:
+                    logits.append(reduce(value.detach(), positions, mask).to(device))
+                else:
+                    collected[point.name].append(reduce(self._shape(point, value), positions, mask).to(device))
             masks.append(mask.to(device))
         keeps_seq = not (isinstance(positions, str) and positions in ("last", "mean"))
         length = max(m.shape[1] for m in masks)
-        values = {n: (left_pad(v, length) if keeps_seq else torch.cat(v)) for n, v in collected.items()}
-        return ActivationCache(values, positions, left_pad(masks, length) if keeps_seq else None)
+        values = {n: (left_pad(v, length) if keeps_seq else torch.cat(v)) for n, v in collected.items() if v}
+        cache = ActivationCache(values, positions, left_pad(masks, length) if keeps_seq else None)
+        if logits:
+            cache.logits = left_pad(logits, length) if keeps_seq else torch.cat(logits)
+        return cache
 
     @torch.no_grad()
     def forward(self, inputs: Inputs) -> Float[Tensor, "b s vocab"]:
@@ -248,7 +283,7 @@ class Lens:
         **generate_kwargs: Any,
     ) -> list[str]:
         """Batched generation (left padding, greedy unless ``do_sample=True``); returns the new text per prompt."""
-        if self.processor is None and not isinstance(inputs, BatchEncoding | dict):
+        if self.processor is None and not _is_batch(inputs):
             raise ValueError("this Lens has no processor/tokenizer; use Lens(model, processor)")
         texts: list[str] = []
         pad = _pad_id(self.tokenizer) if self.tokenizer is not None else None
@@ -268,6 +303,11 @@ class Lens:
         s = self.spec
         return (f"Lens({s.architecture}: {s.n_layers} layers x {s.n_heads} heads (d_head {s.d_head}, "
                 f"{s.n_kv_heads} kv), d_model {s.d_model})")
+
+
+def _is_batch(inputs: Any) -> bool:
+    """A prepared batch: BatchEncoding, BatchFeature (a UserDict) or a plain dict of tensors."""
+    return isinstance(inputs, Mapping)
 
 
 def _plain(content: Any) -> str:

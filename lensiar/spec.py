@@ -49,7 +49,8 @@ def fingerprint(model: nn.Module) -> str:
             flat = param.detach().reshape(-1)
             if flat.numel() == 0 or not flat.is_floating_point():
                 continue
-            index = torch.linspace(0, flat.numel() - 1, min(FINGERPRINT_SAMPLES, flat.numel())).long()
+            k = min(FINGERPRINT_SAMPLES, flat.numel())
+            index = torch.arange(k) * (flat.numel() - 1) // max(k - 1, 1)
             sample = flat[index.to(flat.device)].to(torch.bfloat16).float().cpu()
             digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:16]
