@@ -34,8 +34,8 @@ def select_mask(
 
 
 def reduce(
-    value: Float[Tensor, "b s *rest"], positions: Positions, mask: Bool[Tensor, "b s"]
-) -> Float[Tensor, "b *rest"] | Float[Tensor, "b s *rest"]:
+    value: Float[Tensor, "b s ..."], positions: Positions, mask: Bool[Tensor, "b s"]
+) -> Float[Tensor, "b ..."] | Float[Tensor, "b s ..."]:
     """Apply a position rule: ``last`` -> last unpadded token, ``mean`` -> mean over unpadded tokens,
     anything else -> the full sequence with every unselected position set to zero."""
     if isinstance(positions, str) and positions == "last":

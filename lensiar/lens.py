@@ -104,6 +104,7 @@ class Lens:
     def prepare(self, prompts: Inputs) -> BatchEncoding:
         """The exact model inputs for ``prompts`` (chat template applied, left padding, images processed)."""
         if _is_batch(prompts):
+            assert isinstance(prompts, Mapping)
             return prompts if isinstance(prompts, BatchEncoding) else BatchEncoding(dict(prompts))
         items = [as_prompt(p) for p in ([prompts] if isinstance(prompts, Prompt | str) else prompts)]
         if not items:

@@ -140,7 +140,8 @@ def load_pretrained(
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     arch = (getattr(config, "architectures", None) or [""])[0]
     model_cls = getattr(transformers, arch, None) or AutoModelForCausalLM
-    model = model_cls.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+    model: PreTrainedModel = model_cls.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model = model.to(device).eval()  # type: ignore[arg-type]
     processor: Any
     try:
         if (path / "preprocessor_config.json").exists() or (path / "processor_config.json").exists():

@@ -68,7 +68,7 @@ def weights_hash(model: nn.Module) -> str:
 
 def model_spec(model: nn.Module, arch: ArchSpec) -> ModelSpec:
     """The :class:`ModelSpec` of ``model``'s text backbone."""
-    config = model.config  # type: ignore[union-attr]
+    config: Any = model.config
     text = config.get_text_config()
     layers = text_layers(model, arch)
     attn = getattr(layers[0], attention_name(layers[0], arch))

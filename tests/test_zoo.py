@@ -13,11 +13,11 @@ REQUIRED = {"llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvl
 
 
 def test_zoo_lists_every_required_family() -> None:
-    assert REQUIRED <= set(list_tiny_models())
+    assert set(list_tiny_models()) >= REQUIRED
 
 
 def test_unknown_tiny_model_names_the_choices() -> None:
-    with pytest.raises(KeyError, match="available: .*llava"):
+    with pytest.raises(KeyError, match=r"available: .*llava"):
         tiny_model("llava-9000")
 
 
