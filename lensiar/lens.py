@@ -45,11 +45,7 @@ class Lens:
     def from_pretrained(
         cls, name_or_path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, device: str = "cpu"
     ) -> Lens:
-        """Load a local checkpoint directory or a registry name (``"smollm2-135m-instruct"``, ``"organism"``)."""
-        if str(name_or_path) == "organism":
-            from lensiar.organism import load as load_organism
-
-            return load_organism(dtype=dtype, device=device)
+        """Load a local checkpoint directory or an offline registry name (``"smollm2-135m-instruct"``)."""
         from lensiar.models import load_pretrained
 
         model, processor = load_pretrained(name_or_path, dtype=dtype, device=device)

@@ -1,0 +1,43 @@
+"""The `lensiar` command on real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+import lensiar
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lensiar.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_spec_and_capture_on_a_saved_tiny_model(tmp_path: Path) -> None:
+    model, tokenizer = lensiar.testing.tiny_model("qwen2")
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    spec = _run("spec", str(tmp_path / "m"))
+    assert spec.returncode == 0, spec.stderr
+    assert json.loads(spec.stdout)["n_heads"] == 4
+    out = tmp_path / "acts.safetensors"
+    cap = _run("capture", str(tmp_path / "m"), "--prompt", "hello", "--prompt", "a longer prompt",
+               "--names", "blocks.*.attn.hook_z", "--out", str(out))
+    assert cap.returncode == 0, cap.stderr
+    tensors = load_file(out)
+    assert tensors["blocks.1.attn.hook_z"].shape == (2, 4, 16)
+
+
+def test_bad_model_and_bad_hook_name_give_clear_errors(tmp_path: Path) -> None:
+    missing = _run("spec", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "never downloads" in missing.stderr
+    model, tokenizer = lensiar.testing.tiny_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    typo = _run("capture", str(tmp_path / "m"), "--prompt", "x", "--names", "blocks.0.hook_resid_psot",
+                "--out", str(tmp_path / "o.safetensors"))
+    assert typo.returncode == 2 and "Did you mean 'blocks.0.hook_resid_post'" in typo.stderr
+    assert not (tmp_path / "o.safetensors").exists()
