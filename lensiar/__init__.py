@@ -2,6 +2,7 @@
 
 from lensiar import testing
 from lensiar.arch import ARCHITECTURES, ArchSpec, UnsupportedArchitectureError
+from lensiar.bundle import BundleError, RevisionBundle
 from lensiar.cache import ActivationCache
 from lensiar.hooks import HookNameError
 from lensiar.lens import Lens
@@ -14,10 +15,12 @@ __all__ = [
     "ARCHITECTURES",
     "ActivationCache",
     "ArchSpec",
+    "BundleError",
     "HookNameError",
     "Lens",
     "ModelSpec",
     "Prompt",
+    "RevisionBundle",
     "UnsupportedArchitectureError",
     "__version__",
     "testing",
