@@ -131,3 +131,30 @@ def image_token_id(model: nn.Module, arch: ArchSpec) -> int | None:
         return None
     value = getattr(model.config, arch.image_token, None)
     return None if value is None else int(value)
+
+
+@dataclass(frozen=True)
+class BakeSpec:
+    """How a text backbone can carry a revision as biases that ``from_pretrained`` rebuilds.
+
+    Attributes:
+        attention_flag: text-config flag that gives the attention projections biases.
+        attention_modules: the projections that flag switches on (all get a bias; o_proj's holds the revision).
+        mlp_flag: text-config flag that gives the MLP projections biases, where the MLP output is the
+            last thing added to the layer's residual (so a layer-level revision is exact there).
+        mlp_modules: the projections that flag switches on; the last one holds the revision.
+    """
+
+    attention_flag: str | None = None
+    attention_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    mlp_flag: str | None = None
+    mlp_modules: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+
+
+#: text ``model_type`` -> where a baked revision goes (families without a row cannot be baked)
+BAKE: dict[str, BakeSpec] = {
+    "llama": BakeSpec(attention_flag="attention_bias", mlp_flag="mlp_bias"),
+    "gemma": BakeSpec(attention_flag="attention_bias"),
+    "gemma2": BakeSpec(attention_flag="attention_bias"),  # a post-MLP norm makes an MLP bias inexact
+    "gemma3_text": BakeSpec(attention_flag="attention_bias"),
+}

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from lensiar.probes import Gate, top_heads
 from lensiar.spec import ModelSpec
 
 FORMAT_VERSION = 1
@@ -50,6 +51,7 @@ class RevisionBundle:
     strategy: str = "query"
     data: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=lambda: {"alpha": 1.0, "top_k": 8})
+    gate: Gate | None = None
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -65,6 +67,43 @@ class RevisionBundle:
         for name in ("vectors", "sigma", "accuracy"):
             if not torch.isfinite(getattr(self, name)).all():
                 raise BundleError(f"bundle {name} contain NaN or infinite values")
+        if self.gate is not None:
+            d_model = self.model.get("d_model")
+            if tuple(self.gate.weight.shape) != (d_model,) or not 0 <= self.gate.layer < self.vectors.shape[0]:
+                raise BundleError(f"gate on layer {self.gate.layer} with weight {tuple(self.gate.weight.shape)} does "
+                                  f"not fit a model of {self.vectors.shape[0]} layers and d_model {d_model}")
+            if not torch.isfinite(self.gate.weight).all() or not math.isfinite(self.gate.bias):
+                raise BundleError("bundle gate contains NaN or infinite values")
+
+    # ------------------------------------------------------------------ selection
+    def selection(self, top_k: int | None = None, layers: list[int] | None = None) -> Bool[Tensor, "n_layers ..."]:
+        """What a revision touches: ``[n_layers, n_heads]`` (head level) or ``[n_layers]`` (layer level).
+
+        The ``top_k`` heads (or layers) by held-out probe accuracy, among ``layers`` if given. At layer
+        level, ``layers`` without ``top_k`` selects exactly those layers. ``top_k`` defaults to the bundle's.
+        """
+        n_layers = self.vectors.shape[0]
+        if layers is not None:
+            bad = [layer for layer in layers if not 0 <= layer < n_layers]
+            if bad:
+                raise BundleError(f"layers {bad} out of range for a model with {n_layers} layers")
+        if self.level == "layer" and layers is not None and top_k is None:
+            chosen = torch.zeros(n_layers, dtype=torch.bool)
+            chosen[list(layers)] = True
+            return chosen
+        k = int(self.defaults.get("top_k", 8) if top_k is None else top_k)
+        if k < 0:
+            raise BundleError(f"top_k must be >= 0, got {k}")
+        if self.level == "head":
+            chosen = torch.zeros(self.accuracy.shape, dtype=torch.bool)
+            for layer, head in top_heads(self.accuracy, k, layers):
+                chosen[layer, head] = True
+            return chosen
+        allowed = range(n_layers) if layers is None else layers
+        order = sorted(allowed, key=lambda i: (-float(self.accuracy[i]), i))[:k]
+        chosen = torch.zeros(n_layers, dtype=torch.bool)
+        chosen[order] = True
+        return chosen
 
     # ------------------------------------------------------------------ arithmetic
     @property
@@ -106,9 +145,11 @@ class RevisionBundle:
     def metadata(self) -> dict[str, Any]:
         from lensiar import __version__
 
+        gate = None if self.gate is None else {"layer": self.gate.layer, "bias": self.gate.bias,
+                                               "threshold": self.gate.threshold}
         return {"format_version": FORMAT_VERSION, "lensiar_version": __version__, "level": self.level,
                 "method": self.method, "strategy": self.strategy, "model": self.model, "data": self.data,
-                "defaults": self.defaults}
+                "defaults": self.defaults, "gate": gate}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically to ``path`` (a ``.safetensors`` file)."""
@@ -116,6 +157,8 @@ class RevisionBundle:
         target.parent.mkdir(parents=True, exist_ok=True)
         tensors = {n: getattr(self, n).detach().to("cpu", torch.float32).contiguous()
                    for n in ("vectors", "sigma", "accuracy")}
+        if self.gate is not None:
+            tensors["gate_weight"] = self.gate.weight.detach().to("cpu", torch.float32).contiguous()
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         os.close(fd)
         try:
@@ -150,9 +193,14 @@ class RevisionBundle:
         missing = {"vectors", "sigma", "accuracy"} - set(tensors)
         if missing:
             raise BundleError(f"{path} lacks tensors {sorted(missing)}")
+        gate_meta = meta.get("gate")
+        if gate_meta is not None and "gate_weight" not in tensors:
+            raise BundleError(f"{path} declares a gate but lacks its gate_weight tensor")
+        gate = None if gate_meta is None else Gate(int(gate_meta["layer"]), tensors["gate_weight"],
+                                                    float(gate_meta["bias"]), float(gate_meta["threshold"]))
         bundle = cls(vectors=tensors["vectors"], sigma=tensors["sigma"], accuracy=tensors["accuracy"],
                      level=meta["level"], model=meta["model"], method=meta["method"], strategy=meta["strategy"],
-                     data=meta.get("data", {}), defaults=meta.get("defaults", {}))
+                     data=meta.get("data", {}), defaults=meta.get("defaults", {}), gate=gate)
         if lens is not None:
             bundle.validate(lens.spec)
         return bundle

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import einops
 import torch
@@ -21,6 +22,11 @@ from lensiar.cache import ActivationCache, Positions, hook_order, left_pad, redu
 from lensiar.hooks import HookPoint, all_names, parse
 from lensiar.prompt import Prompt, as_prompt
 from lensiar.spec import ModelSpec, model_spec
+
+if TYPE_CHECKING:
+    from lensiar.bundle import RevisionBundle
+    from lensiar.probes import Gate
+    from lensiar.revision import Revision
 
 Inputs = Sequence[Prompt | str] | Prompt | str | Mapping[str, Any]
 
@@ -40,6 +46,7 @@ class Lens:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.nn = NNsight(model)
         self.image_token_id = image_token_id(model, self.arch)
+        self._revisions: list[Revision] = []  # active revisions (see lens.revise)
 
     @classmethod
     def from_pretrained(
@@ -80,6 +87,10 @@ class Lens:
         weight = self.o_proj(layer).weight  # [d_model, n_heads * d_head]
         return einops.rearrange(weight, "m (h d) -> h d m", h=self.spec.n_heads)
 
+    @cached_property
+    def _takes_logits_to_keep(self) -> bool:
+        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
     def hook_names(self) -> list[str]:
         """Every hook name this model exposes."""
         return all_names(self.spec.n_layers)
@@ -97,8 +108,9 @@ class Lens:
         rendered = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return rendered if isinstance(rendered, str) else rendered[0]
 
-    def prepare(self, prompts: Inputs) -> BatchEncoding:
-        """The exact model inputs for ``prompts`` (chat template applied, left padding, images processed)."""
+    def prepare(self, prompts: Inputs, responses: Sequence[str] | None = None) -> BatchEncoding:
+        """The exact model inputs for ``prompts`` (chat template applied, left padding, images processed);
+        ``responses`` are appended after each rendered prompt (teacher forcing)."""
         if _is_batch(prompts):
             assert isinstance(prompts, Mapping)
             return prompts if isinstance(prompts, BatchEncoding) else BatchEncoding(dict(prompts))
@@ -114,6 +126,8 @@ class Lens:
         if has_images and not self.arch.vision:
             raise ValueError(f"{self.spec.architecture} is a text-only model; it cannot take images")
         texts = [self._render(p) for p in items]
+        if responses is not None:
+            texts = [t + r for t, r in zip(texts, responses, strict=True)]
         with _left_padding(self.tokenizer):
             if has_images:
                 if not all(p.images for p in items):
@@ -127,6 +141,26 @@ class Lens:
         for key in self.arch.drop_inputs:
             batch.pop(key, None)
         return batch
+
+    def prepare_with_responses(
+        self, prompts: Sequence[Prompt | str], responses: Sequence[str]
+    ) -> tuple[BatchEncoding, Bool[Tensor, "b s"]]:
+        """Teacher forcing: each prompt's chat rendering followed by its response; the mask marks the response tokens."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if any(not r for r in responses):
+            raise ValueError("every response must be a non-empty string")
+        items = [as_prompt(p) for p in prompts]
+        prompt_only = self.prepare(items)
+        full = self.prepare(items, responses=responses)
+        prompt_len = prompt_only["attention_mask"].sum(1)
+        full_len = full["attention_mask"].sum(1)
+        n_response = full_len - prompt_len
+        if (n_response <= 0).any():
+            raise ValueError("a response added no tokens after its prompt")
+        seq = torch.arange(full["input_ids"].shape[1])
+        mask = seq.unsqueeze(0) >= (full["input_ids"].shape[1] - n_response).unsqueeze(1)
+        return full, mask
 
     def _batches(self, inputs: Inputs, batch_size: int) -> Iterator[BatchEncoding]:
         if _is_batch(inputs):
@@ -245,7 +279,9 @@ class Lens:
             # Defined outside the block: nnsight runs the body in its own frame (and, for some models such
             # as Gemma3, more than once), so values are keyed rather than appended.
             saved: dict[HookPoint | None, Any] = {}
-            with self.nn.trace(**kwargs):
+            if not return_logits and self._takes_logits_to_keep:
+                kwargs["logits_to_keep"] = 1  # the vocabulary projection is a fifth of a small model's cost
+            with self._gated(kwargs), self.nn.trace(**kwargs):
                 saved.update(self._read(points))
                 if return_logits:
                     saved[None] = self.nn.output.logits.save()
@@ -266,8 +302,9 @@ class Lens:
     @torch.no_grad()
     def forward(self, inputs: Inputs) -> Float[Tensor, "b s vocab"]:
         """Logits of one prepared batch or a list of prompts (one padded batch)."""
-        batch = self.prepare(inputs)
-        return self.model(**self.model_inputs(batch)).logits
+        kwargs = self.model_inputs(self.prepare(inputs))
+        with self._gated(kwargs):
+            return self.model(**kwargs).logits
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -289,12 +326,52 @@ class Lens:
         for batch in tqdm(list(self._batches(inputs, batch_size)), desc="generate", disable=not progress, leave=False):
             kwargs = self.model_inputs(batch)
             kwargs.pop("position_ids", None)  # generate derives positions from the attention mask
-            out = self.model.generate(**kwargs, max_new_tokens=max_new_tokens, **options)
+            with self._gated(kwargs):
+                out = self.model.generate(**kwargs, max_new_tokens=max_new_tokens, **options)
             new = out[:, kwargs["input_ids"].shape[1] :]
             if self.tokenizer is None:
                 raise ValueError("decoding needs a tokenizer")
             texts.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
         return texts
+
+    # ------------------------------------------------------------------ revision
+    def revise(
+        self,
+        bundle: RevisionBundle | Sequence[RevisionBundle],
+        alpha: float | None = None,
+        top_k: int | None = None,
+        layers: list[int] | None = None,
+        gate: Gate | bool = False,
+    ) -> AbstractContextManager[list[Revision]]:
+        """``with lens.revise(bundle, alpha=..., top_k=...):`` revise every forward pass in the block.
+
+        Head level adds ``alpha * sigma * v`` to the top-k heads' z, layer level to the chosen layers'
+        residual, at every prompt and generated position. Bundles compose (give a list, or nest
+        blocks). ``gate`` makes it conditional (see :func:`lensiar.revision.revise`). Hooks are
+        removed on exit and on exceptions; weights are never touched.
+        """
+        from lensiar.revision import revise
+
+        return revise(self, bundle, alpha=alpha, top_k=top_k, layers=layers, gate=gate)
+
+    def bake(
+        self,
+        bundle: RevisionBundle | Sequence[RevisionBundle],
+        alpha: float | None = None,
+        top_k: int | None = None,
+        layers: list[int] | None = None,
+    ) -> PreTrainedModel:
+        """A copy of the model with the revision in its biases (see :func:`lensiar.revision.bake`)."""
+        from lensiar.revision import bake
+
+        return bake(self, bundle, alpha=alpha, top_k=top_k, layers=layers)
+
+    def _gated(self, model_kwargs: dict[str, Any]) -> AbstractContextManager[None]:
+        from lensiar.revision import gated
+
+        if not any(r.gate is not None for r in self._revisions):
+            return nullcontext()
+        return gated(self, model_kwargs)
 
     def __repr__(self) -> str:
         s = self.spec

@@ -1,0 +1,204 @@
+"""Linear probes on every (layer, head) at once, and the head ranking they give.
+
+Each probe is an L2-regularised logistic regression with the same objective as scikit-learn's
+``LogisticRegression(C=C)``: ``C * sum_i logloss_i + ||w||^2 / 2`` (intercept not penalised). All
+probes are fitted together by batched Newton steps with a vectorised step-size search, so a whole
+model's heads cost a few batched matrix products rather than a Python loop of fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from lensiar.features import SampleActivations, sample_activations
+from lensiar.samples import SampleSet
+
+if TYPE_CHECKING:
+    from lensiar.lens import Lens
+
+_STEPS = torch.tensor([1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.0])
+
+
+def standardize(x: Float[Tensor, "g n d"]) -> tuple[Float[Tensor, "g 1 d"], Float[Tensor, "g 1 1"]]:
+    """Per-group centre ``[g, 1, d]`` and one scale ``[g, 1, 1]`` (root mean square after centring)."""
+    mu = x.mean(1, keepdim=True)
+    return mu, (x - mu).pow(2).mean((1, 2), keepdim=True).sqrt().clamp_min(1e-12)
+
+
+def _fit_chunk(
+    x: Float[Tensor, "g n d"], y: Float[Tensor, " n"], lam: float, max_iter: int, tol: float, scaled: bool
+) -> tuple[Float[Tensor, "g d"], Float[Tensor, " g"]]:
+    g, n, d = x.shape
+    mu, scale = standardize(x)
+    # Newton runs on per-dimension standardised features (well conditioned in float32); the penalty is
+    # rewritten so the objective stays the one asked for: lam * (S / s_j)^2 on the scalar-scaled
+    # features (scaled=True), lam / s_j^2 on the raw ones.
+    s_dim = (x - mu).pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-6 * scale)  # [g, 1, d]
+    xa = torch.cat([(x - mu) / s_dim, torch.ones(g, n, 1, dtype=x.dtype)], dim=2)  # [g, n, d+1]
+    ref = scale if scaled else torch.ones_like(scale)
+    lam_g = torch.cat([lam * (ref / s_dim).squeeze(1).double() ** 2, torch.zeros(g, 1, dtype=torch.float64)], 1)
+    theta = torch.zeros(g, d + 1, dtype=torch.float64)
+    steps = _STEPS.to(torch.float64)
+
+    def loss(logits: Tensor, th: Tensor) -> Tensor:  # logits [..., g, n], th [..., g, d+1]
+        return (F.softplus(logits) - y * logits).sum(-1) + 0.5 * (lam_g * th * th).sum(-1)
+
+    for _ in range(max_iter):
+        logits = torch.bmm(xa, theta.to(x.dtype).unsqueeze(2)).squeeze(2).double()  # [g, n]
+        p = torch.sigmoid(logits)
+        grad = torch.bmm(xa.transpose(1, 2), (p - y).to(x.dtype).unsqueeze(2)).squeeze(2).double() + lam_g * theta
+        if grad.abs().amax() < tol:
+            break
+        weight = (p * (1 - p)).to(x.dtype).unsqueeze(2)
+        hess = torch.bmm(xa.transpose(1, 2), xa * weight).double() + torch.diag_embed(lam_g + 1e-10)
+        step = torch.linalg.solve(hess, grad.unsqueeze(2)).squeeze(2)  # [g, d+1]
+        direction = torch.bmm(xa, step.to(x.dtype).unsqueeze(2)).squeeze(2).double()  # [g, n]
+        trial_logits = logits.unsqueeze(0) - steps.view(-1, 1, 1) * direction.unsqueeze(0)  # [t, g, n]
+        trial_theta = theta.unsqueeze(0) - steps.view(-1, 1, 1) * step.unsqueeze(0)
+        best = loss(trial_logits, trial_theta).argmin(0)  # [g]
+        theta = theta - steps[best].unsqueeze(1) * step
+    w = theta[:, :d] / s_dim.squeeze(1).double()
+    b = theta[:, d] - (w * mu.squeeze(1).double()).sum(1)
+    # a group whose features are constant to float32 precision carries no signal: predict the prior
+    flat = constant_groups(x)
+    w[flat] = 0.0
+    b[flat] = torch.logit(y.mean().clamp(1e-6, 1 - 1e-6))
+    return w.float(), b.float()
+
+
+def constant_groups(x: Float[Tensor, "g n d"]) -> Bool[Tensor, " g"]:
+    """Groups whose spread is below float32 resolution of their values (relative spread < 1e-5)."""
+    mu, scale = standardize(x)
+    return scale.reshape(-1) <= 1e-5 * mu.abs().amax(-1).reshape(-1)
+
+
+def fit_logistic(
+    x: Float[Tensor, "g n d"],
+    y: Int[Tensor, " n"],
+    C: float = 1.0,
+    max_iter: int = 30,
+    tol: float = 1e-4,
+    chunk: int = 128,
+    scaled: bool = True,
+) -> tuple[Float[Tensor, "g d"], Float[Tensor, " g"]]:
+    """Fit ``g`` logistic probes on the same labels at once; returns weights ``[g, d]`` and biases ``[g]``.
+
+    The decision is ``x @ w + b > 0`` for label 1 (weights are for the raw features). With ``scaled``
+    (default) the objective is scikit-learn's with ``C`` on each group's features centred and divided
+    by one scalar (:func:`standardize`), so heads of very different scales are regularised alike;
+    ``scaled=False`` is scikit-learn's objective on the raw features.
+    """
+    if x.ndim != 3 or x.shape[1] != y.shape[0]:
+        raise ValueError(f"x must be [groups, n, d] with n = len(y); got {tuple(x.shape)} and {tuple(y.shape)}")
+    if set(y.unique().tolist()) != {0, 1}:
+        raise ValueError("probes need both labels (0 and 1) in the training set")
+    if C <= 0:
+        raise ValueError(f"C must be positive, got {C}")
+    yf = y.double()
+    ws, bs = [], []
+    for start in range(0, x.shape[0], chunk):
+        w, b = _fit_chunk(x[start : start + chunk].float(), yf, 1.0 / C, max_iter, tol, scaled)
+        ws.append(w)
+        bs.append(b)
+    return torch.cat(ws), torch.cat(bs)
+
+
+def accuracy(
+    x: Float[Tensor, "g n d"], y: Int[Tensor, " n"], w: Float[Tensor, "g d"], b: Float[Tensor, " g"]
+) -> Float[Tensor, " g"]:
+    """Share of rows each probe classifies correctly."""
+    pred = (torch.einsum("gnd,gd->gn", x.float(), w) + b.unsqueeze(1)) > 0
+    return (pred == y.bool().unsqueeze(0)).float().mean(1)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A probe on the residual after ``layer`` at the last prompt token: revise only where it says pos (harmful)."""
+
+    layer: int
+    weight: Float[Tensor, " d_model"]
+    bias: float
+    threshold: float = 0.5
+
+    def __call__(self, resid: Float[Tensor, "b d_model"]) -> Float[Tensor, " b"]:
+        """1.0 for rows the probe flags, else 0.0."""
+        p = torch.sigmoid(resid.float() @ self.weight.to(resid.device) + self.bias)
+        return (p > self.threshold).float()
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Held-out accuracies of one probe per head and per layer, with the probes themselves."""
+
+    accuracy: Float[Tensor, "n_layers n_heads"]
+    layer_accuracy: Float[Tensor, " n_layers"]
+    head_weight: Float[Tensor, "n_layers n_heads d_head"]
+    head_bias: Float[Tensor, "n_layers n_heads"]
+    layer_weight: Float[Tensor, "n_layers d_model"]
+    layer_bias: Float[Tensor, " n_layers"]
+    train_ids: tuple[str, ...]
+    val_ids: tuple[str, ...]
+    seed: int
+    C: float
+
+    def top(self, k: int) -> list[tuple[int, int]]:
+        """The ``k`` most accurate heads as ``(layer, head)``, best first (ties: lower layer, lower head)."""
+        return top_heads(self.accuracy, k)
+
+    def top_layers(self, k: int) -> list[int]:
+        """The ``k`` layers whose residual probe is most accurate, best first."""
+        order = sorted(range(len(self.layer_accuracy)), key=lambda i: (-float(self.layer_accuracy[i]), i))
+        return order[:k]
+
+    def gate(self, layer: int | None = None, threshold: float = 0.5) -> Gate:
+        """A conditional-revision gate from the residual probe at ``layer`` (default: the most accurate layer)."""
+        chosen = self.top_layers(1)[0] if layer is None else layer
+        return Gate(chosen, self.layer_weight[chosen].clone(), float(self.layer_bias[chosen]), threshold)
+
+
+def top_heads(accuracy: Float[Tensor, "n_layers n_heads"], k: int, layers: list[int] | None = None) -> list[tuple[int, int]]:
+    """The ``k`` best (layer, head) by accuracy, optionally only in ``layers``; ties go to lower indices."""
+    n_layers, n_heads = accuracy.shape
+    allowed = range(n_layers) if layers is None else layers
+    cells = [(layer, h) for layer in allowed for h in range(n_heads)]
+    cells.sort(key=lambda c: (-float(accuracy[c]), c))
+    return cells[:k]
+
+
+def probe_heads(
+    lens: Lens | None,
+    samples: SampleSet | SampleActivations,
+    val_fraction: float = 0.25,
+    seed: int = 0,
+    C: float = 1.0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> ProbeResult:
+    """Probe every head (``attn.hook_z``) and every layer (``hook_resid_post``); score on a held-out split.
+
+    ``samples`` may be a :class:`SampleSet` (read through ``lens``) or activations already read.
+    The split is by sample group and seeded, so the result is deterministic under ``seed``.
+    """
+    acts = samples if isinstance(samples, SampleActivations) else None
+    if acts is None:
+        if lens is None:
+            raise ValueError("give a lens to read the samples' activations, or pass SampleActivations")
+        assert isinstance(samples, SampleSet)
+        acts = sample_activations(lens, samples, batch_size=batch_size, progress=progress)
+    train, val = acts.split(val_fraction, seed)
+    n_layers, n_heads, d_head = train.z.shape[1:]
+    heads_train = train.z.permute(1, 2, 0, 3).reshape(n_layers * n_heads, len(train), d_head)
+    heads_val = val.z.permute(1, 2, 0, 3).reshape(n_layers * n_heads, len(val), d_head)
+    hw, hb = fit_logistic(heads_train, train.labels, C=C)
+    head_acc = accuracy(heads_val, val.labels, hw, hb).reshape(n_layers, n_heads)
+    layers_train = train.resid.transpose(0, 1)
+    lw, lb = fit_logistic(layers_train, train.labels, C=C, chunk=8)
+    layer_acc = accuracy(val.resid.transpose(0, 1), val.labels, lw, lb)
+    return ProbeResult(head_acc, layer_acc, hw.reshape(n_layers, n_heads, d_head), hb.reshape(n_layers, n_heads),
+                       lw, lb, train.ids, val.ids, seed, C)

@@ -1,0 +1,281 @@
+"""Writing revision vectors into a running model: hooks (undone on exit) or biases (``bake``).
+
+Head level: ``z[l, h] += alpha * sigma[l, h] * v[l, h]`` for the selected heads, as a forward
+pre-hook on ``o_proj`` (its input is ``attn.hook_z``). Layer level: ``h_l += alpha * sigma_l * v_l``
+on the residual leaving layer ``l`` (``hook_resid_post``), added to the output of the layer's last
+residual write (the MLP), so ``hook_mlp_out`` reads the unrevised MLP and ``hook_resid_post`` the
+revised residual. Both act at every position of every
+forward pass, so with the KV cache on they revise the prompt and each generated token.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import einops
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+from transformers import PreTrainedModel
+
+from lensiar.arch import BAKE, text_layers
+from lensiar.bundle import BundleError, RevisionBundle
+from lensiar.probes import Gate
+
+if TYPE_CHECKING:
+    from lensiar.lens import Lens
+
+
+class RevisionError(RuntimeError):
+    """A revision that cannot be applied as asked."""
+
+
+def head_shifts(
+    bundle: RevisionBundle, alpha: float, top_k: int | None = None, layers: list[int] | None = None
+) -> dict[int, Float[Tensor, " n_heads_x_d_head"]]:
+    """Layer -> the shift added to ``o_proj``'s input (zeros outside the selected heads)."""
+    chosen = bundle.selection(top_k, layers)
+    shift = alpha * bundle.shift * chosen.unsqueeze(-1)  # [L, H, D]
+    return {int(layer): einops.rearrange(shift[layer], "h d -> (h d)") for layer in chosen.any(1).nonzero().flatten()}
+
+
+def layer_shifts(
+    bundle: RevisionBundle, alpha: float, top_k: int | None = None, layers: list[int] | None = None
+) -> dict[int, Float[Tensor, " d_model"]]:
+    """Layer -> the shift added to that layer's output (the residual stream)."""
+    chosen = bundle.selection(top_k, layers)
+    return {int(layer): alpha * bundle.shift[layer] for layer in chosen.nonzero().flatten()}
+
+
+@dataclass(eq=False)
+class Revision:
+    """One active revision: its hooks, its shifts, and (if conditional) its gate and this batch's gate values."""
+
+    level: str
+    shifts: dict[int, Tensor]
+    gate: Gate | None = None
+    gate_values: Tensor | None = None
+    enabled: bool = True
+    handles: list[RemovableHandle] = field(default_factory=list)
+
+    def scale(self, x: Tensor) -> Tensor | None:
+        """Per-row factor ``[b, 1, ..., 1]`` for a gated revision (``None`` if not gated)."""
+        if self.gate is None:
+            return None
+        if self.gate_values is None:
+            raise RevisionError("a conditional revision decides per prompt before the forward pass; run it through "
+                                "lens.generate / lens.forward / lens.run_with_cache, not the bare HF model")
+        if self.gate_values.shape[0] != x.shape[0]:
+            raise RevisionError(f"gate values for {self.gate_values.shape[0]} rows, batch has {x.shape[0]}")
+        return self.gate_values.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
+
+    def add(self, x: Tensor, shift: Tensor) -> Tensor:
+        shift = shift.to(x.device, x.dtype)
+        factor = self.scale(x)
+        return x + (shift if factor is None else factor * shift)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def _attach(lens: Lens, revision: Revision) -> None:
+    """Register the revision's hooks on ``lens.model``."""
+    layers = text_layers(lens.model, lens.arch)
+    for layer, shift in revision.shifts.items():
+        if revision.level == "head":
+
+            def pre_hook(module: nn.Module, args: tuple[Any, ...], shift: Tensor = shift) -> tuple[Any, ...] | None:
+                if not revision.enabled:
+                    return None
+                return (revision.add(args[0], shift), *args[1:])
+
+            revision.handles.append(lens.o_proj(layer).register_forward_pre_hook(pre_hook))
+        else:
+
+            def post_hook(module: nn.Module, args: Any, output: Any, shift: Tensor = shift) -> Any:
+                if not revision.enabled:
+                    return None
+                if isinstance(output, tuple):
+                    return (revision.add(output[0], shift), *output[1:])
+                return revision.add(output, shift)
+
+            # on the module whose output is the last thing the layer adds to its residual (the MLP, or
+            # Gemma's post-feedforward norm): the layer's output, hook_resid_post, then carries the shift
+            last = getattr(layers[layer], lens.arch.mlp_out)
+            revision.handles.append(last.register_forward_hook(post_hook))
+
+
+def _bundles(bundles: RevisionBundle | Sequence[RevisionBundle]) -> list[RevisionBundle]:
+    items = [bundles] if isinstance(bundles, RevisionBundle) else list(bundles)
+    if not items:
+        raise RevisionError("no bundle given")
+    return items
+
+
+@contextmanager
+def revise(
+    lens: Lens,
+    bundles: RevisionBundle | Sequence[RevisionBundle],
+    alpha: float | None = None,
+    top_k: int | None = None,
+    layers: list[int] | None = None,
+    gate: Gate | bool = False,
+) -> Iterator[list[Revision]]:
+    """Apply one or more bundles during every forward pass in the block; undone on exit and on exceptions.
+
+    Args:
+        alpha: strength in units of each vector's sigma (default: the bundle's).
+        top_k: heads (head level) or layers (layer level) revised, ranked by held-out probe accuracy.
+        layers: restrict the selection to these layers.
+        gate: ``True`` uses the bundle's gate, or give a :class:`Gate`: revise only the prompts the
+            gate's probe flags (decided on the last prompt token of the unrevised model).
+    """
+    revisions: list[Revision] = []
+    try:
+        for bundle in _bundles(bundles):
+            bundle.validate(lens.spec)
+            a = float(bundle.defaults.get("alpha", 1.0) if alpha is None else alpha)
+            chosen_gate: Gate | None
+            if gate is True:
+                if bundle.gate is None:
+                    raise RevisionError("gate=True but the bundle has no gate; extract with gate=True "
+                                        "(query strategy) or pass a lensiar.Gate")
+                chosen_gate = bundle.gate
+            else:
+                chosen_gate = gate or None
+            if chosen_gate is not None and not 0 <= chosen_gate.layer < lens.spec.n_layers:
+                raise RevisionError(f"gate layer {chosen_gate.layer} is out of range")
+            make = head_shifts if bundle.level == "head" else layer_shifts
+            revision = Revision(bundle.level, make(bundle, a, top_k, layers), chosen_gate)
+            revisions.append(revision)
+            _attach(lens, revision)
+        lens._revisions.extend(revisions)
+        yield revisions
+    finally:
+        for revision in revisions:
+            revision.remove()
+            if revision in lens._revisions:
+                lens._revisions.remove(revision)
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def gate_values(lens: Lens, gate: Gate, model_kwargs: dict[str, Any]) -> Float[Tensor, " b"]:
+    """Run the unrevised model up to the gate's layer and score each row's last prompt token."""
+    captured: dict[str, Tensor] = {}
+
+    def grab(module: nn.Module, args: Any, output: Any) -> None:
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+        raise _StopForward
+
+    handle = text_layers(lens.model, lens.arch)[gate.layer].register_forward_hook(grab)
+    active = [r for r in lens._revisions if r.enabled]
+    for r in active:
+        r.enabled = False
+    try:
+        kwargs = {k: v for k, v in model_kwargs.items() if k not in ("past_key_values", "use_cache")}
+        with suppress(_StopForward):
+            lens.model(**kwargs, use_cache=False)
+    finally:
+        handle.remove()
+        for r in active:
+            r.enabled = True
+    if "h" not in captured:
+        raise RevisionError(f"gate layer {gate.layer} did not run on this batch")
+    mask = model_kwargs["attention_mask"]
+    seq = torch.arange(mask.shape[1], device=mask.device)
+    last = torch.where(mask.bool(), seq, -1).amax(1)
+    h = captured["h"][torch.arange(mask.shape[0], device=mask.device), last]
+    return gate(h)
+
+
+@contextmanager
+def gated(lens: Lens, model_kwargs: dict[str, Any]) -> Iterator[None]:
+    """Decide the gate of every active conditional revision on this batch for the duration of the block."""
+    gated_revisions = [r for r in lens._revisions if r.gate is not None]
+    try:
+        for r in gated_revisions:
+            assert r.gate is not None
+            r.gate_values = gate_values(lens, r.gate, model_kwargs)
+        yield
+    finally:
+        for r in gated_revisions:
+            r.gate_values = None
+
+
+# ---------------------------------------------------------------------- baking
+def _add_bias(linear: nn.Linear, value: Tensor | None = None) -> None:
+    """Give ``linear`` a bias (zeros if it had none) and add ``value`` to it."""
+    if linear.bias is None:
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype,
+                                               device=linear.weight.device))
+    if value is not None:
+        with torch.no_grad():
+            linear.bias.add_(value.to(linear.bias.dtype).to(linear.bias.device))
+
+
+@torch.no_grad()
+def bake(
+    lens: Lens,
+    bundles: RevisionBundle | Sequence[RevisionBundle],
+    alpha: float | None = None,
+    top_k: int | None = None,
+    layers: list[int] | None = None,
+) -> PreTrainedModel:
+    """A copy of ``lens.model`` with the revision written into biases; ``lens.model`` is not changed.
+
+    Head level goes into ``o_proj``'s bias (``W_O @ shift``, exact since o_proj is linear); layer level
+    into the bias of the MLP's last projection where the MLP output is the last thing a layer adds.
+    The config's bias flags are switched on so ``save_pretrained`` / ``from_pretrained`` rebuild it.
+    """
+    text_config = lens.model.config.get_text_config()
+    spec = BAKE.get(text_config.model_type)
+    if spec is None:
+        raise RevisionError(f"cannot bake into {text_config.model_type}: its config cannot declare the biases "
+                            f"needed (bakeable text backbones: {', '.join(sorted(BAKE))}); use lens.revise instead")
+    items = _bundles(bundles)
+    for b in items:
+        b.validate(lens.spec)
+    model = copy.deepcopy(lens.model)
+    new_config = model.config.get_text_config()
+    layers_list = text_layers(model, lens.arch)
+    used_attention = any(b.level == "head" for b in items)
+    used_mlp = any(b.level == "layer" for b in items)
+    if used_mlp and spec.mlp_flag is None:
+        raise RevisionError(f"a layer-level revision cannot be baked exactly into {text_config.model_type} (its MLP "
+                            "output passes a norm before the residual); use lens.revise, or a head-level bundle")
+    if used_attention:
+        setattr(new_config, spec.attention_flag or "", True)
+        for block in layers_list:
+            attention = block.self_attn
+            for name in spec.attention_modules:
+                _add_bias(getattr(attention, name))
+    if used_mlp:
+        setattr(new_config, spec.mlp_flag or "", True)
+        for block in layers_list:
+            for name in spec.mlp_modules:
+                _add_bias(getattr(block.mlp, name))
+    for b in items:
+        a = float(b.defaults.get("alpha", 1.0) if alpha is None else alpha)
+        if b.level == "head":
+            for layer, shift in head_shifts(b, a, top_k, layers).items():
+                o_proj = getattr(layers_list[layer].self_attn, lens.arch.o_proj)
+                _add_bias(o_proj, o_proj.weight.float() @ shift.float())
+        else:
+            for layer, shift in layer_shifts(b, a, top_k, layers).items():
+                _add_bias(getattr(layers_list[layer].mlp, spec.mlp_modules[-1]), shift)
+    return model
+
+
+__all__ = ["BundleError", "Revision", "RevisionError", "bake", "gate_values", "gated", "head_shifts",
+           "layer_shifts", "revise"]

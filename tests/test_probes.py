@@ -1,0 +1,84 @@
+"""Batched probes: agreement with scikit-learn, on synthetic data and on real SmolLM2 activations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+import lensiar
+from lensiar.probes import accuracy, constant_groups, fit_logistic, standardize
+
+
+def _sklearn(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """ITI's procedure: one scikit-learn fit per group, scored on the held-out rows."""
+    coefs, accs = [], []
+    for g in range(x.shape[0]):
+        clf = LogisticRegression(C=1.0, max_iter=2000).fit(x[g].double().numpy(), y.numpy())
+        coefs.append(clf.coef_[0])
+        accs.append(clf.score(xv[g].double().numpy(), yv.numpy()))
+    return np.array(coefs), np.array(accs)
+
+
+def test_same_solution_as_sklearn_on_synthetic_data() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (300,), generator=g)
+    signal = torch.randn(12, 1, 16, generator=g) * torch.linspace(0, 1, 12).view(12, 1, 1)
+    x = torch.randn(12, 300, 16, generator=g) * 3 + y.view(1, -1, 1) * signal + 2
+    w, b = fit_logistic(x[:, :200], y[:200], scaled=False)
+    coef, acc = _sklearn(x[:, :200], y[:200], x[:, 200:], y[200:])
+    assert np.abs(w.numpy() - coef).max() < 1e-3
+    assert np.abs(accuracy(x[:, 200:], y[200:], w, b).numpy() - acc).max() <= 0.01
+
+
+def test_scaled_probes_match_sklearn_on_scaled_features() -> None:
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 2, (200,), generator=g)
+    x = (torch.randn(4, 200, 8, generator=g) + y.view(1, -1, 1) * 0.5) * torch.tensor([1e-3, 1.0, 10.0, 1e3]).view(4, 1, 1)
+    w, b = fit_logistic(x, y)
+    mu, scale = standardize(x)
+    coef, _ = _sklearn((x - mu) / scale, y, x, y)
+    assert np.abs(w.numpy() * scale.view(4, 1).numpy() - coef).max() < 1e-3
+
+
+def test_bad_labels_are_refused() -> None:
+    with pytest.raises(ValueError, match="both labels"):
+        fit_logistic(torch.randn(2, 5, 3), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="groups, n, d"):
+        fit_logistic(torch.randn(5, 3), torch.zeros(5, dtype=torch.long))
+
+
+@pytest.fixture(scope="session")
+def smollm2_query(smollm2: lensiar.Lens) -> lensiar.SampleActivations:
+    """Real activations: 96 AdvBench harmful vs 96 Alpaca harmless prompts, last prompt token."""
+    return lensiar.sample_activations(smollm2, lensiar.build_samples("query", n=96, seed=0), progress=False)
+
+
+def test_head_probes_agree_with_sklearn_on_smollm2(smollm2_query: lensiar.SampleActivations) -> None:
+    result = lensiar.probe_heads(None, smollm2_query, seed=0)
+    train, val = smollm2_query.split(0.25, seed=0)
+    n_layers, n_heads, d_head = train.z.shape[1:]
+    flat = lambda a: a.z.permute(1, 2, 0, 3).reshape(n_layers * n_heads, len(a), d_head)  # noqa: E731
+    # the probes fit each head's features centred and divided by one scalar (training statistics)
+    mu, scale = standardize(flat(train))
+    _, sk_acc = _sklearn((flat(train) - mu) / scale, train.labels, (flat(val) - mu) / scale, val.labels)
+    sk = torch.tensor(sk_acc, dtype=torch.float32).reshape(n_layers, n_heads)
+    # a head whose z is constant to float32 precision has no signal; a fit there only reads rounding noise
+    flat_heads = constant_groups(flat(train)).reshape(n_layers, n_heads)
+    assert int(flat_heads.sum()) <= 3
+    assert (result.accuracy - sk).abs()[~flat_heads].max() <= 0.02
+    sk[flat_heads] = 0.0
+    ours, theirs = set(result.top(10)), set(lensiar.probes.top_heads(sk, 10))
+    assert len(ours & theirs) >= 8
+    assert result.accuracy.max() > 0.9  # harmfulness is linearly readable in SmolLM2's heads
+
+
+def test_held_out_split_and_determinism(smollm2_query: lensiar.SampleActivations) -> None:
+    a = lensiar.probe_heads(None, smollm2_query, seed=0)
+    b = lensiar.probe_heads(None, smollm2_query, seed=0)
+    assert torch.equal(a.accuracy, b.accuracy) and a.top(10) == b.top(10)
+    assert not set(a.train_ids) & set(a.val_ids)
+    c = lensiar.probe_heads(None, smollm2_query, seed=1)
+    assert set(c.val_ids) != set(a.val_ids)
+    assert a.layer_accuracy.shape == (30,) and a.top_layers(3)[0] in range(30)
