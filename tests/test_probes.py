@@ -36,7 +36,7 @@ def test_scaled_probes_match_sklearn_on_scaled_features() -> None:
     g = torch.Generator().manual_seed(1)
     y = torch.randint(0, 2, (200,), generator=g)
     x = (torch.randn(4, 200, 8, generator=g) + y.view(1, -1, 1) * 0.5) * torch.tensor([1e-3, 1.0, 10.0, 1e3]).view(4, 1, 1)
-    w, b = fit_logistic(x, y)
+    w, _b = fit_logistic(x, y)
     mu, scale = standardize(x)
     coef, _ = _sklearn((x - mu) / scale, y, x, y)
     assert np.abs(w.numpy() * scale.view(4, 1).numpy() - coef).max() < 1e-3

@@ -151,7 +151,7 @@ def test_conditional_revision_follows_the_gate() -> None:
 
 def test_wrong_model_bundle_is_refused() -> None:
     bundle = random_bundle(tiny_lens("llava"))
-    with pytest.raises(lensiar.BundleError, match="another shape|fingerprint"), tiny_lens("qwen2").revise(bundle):
+    with pytest.raises(lensiar.BundleError, match=r"another shape|fingerprint"), tiny_lens("qwen2").revise(bundle):
         pass
 
 

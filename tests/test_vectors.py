@@ -50,7 +50,7 @@ def test_pca_of_paired_differences_reference(acts: lensiar.SampleActivations) ->
         x, y = train.resid[rows, layer], train.labels[rows]
         diffs.append(x[y == 1].mean(0) - x[y == 0].mean(0))
     d = torch.stack(diffs).double()
-    eigvals, eigvecs = torch.linalg.eigh(d.T @ d)
+    _eigvals, eigvecs = torch.linalg.eigh(d.T @ d)
     top = eigvecs[:, -1].float()
     assert abs(float(top @ b.vectors[layer])) == pytest.approx(1.0, abs=1e-4)
 
