@@ -1,9 +1,10 @@
 """lensiar: look inside vision-language models and make them safer without retraining."""
 
-from lensiar import testing
+from lensiar import store, testing
 from lensiar.arch import ARCHITECTURES, ArchSpec, UnsupportedArchitectureError
 from lensiar.bundle import BundleError, RevisionBundle
 from lensiar.cache import ActivationCache
+from lensiar.export import export_control_vector
 from lensiar.features import SampleActivations, sample_activations
 from lensiar.hooks import HookNameError
 from lensiar.lens import Lens
@@ -12,6 +13,7 @@ from lensiar.prompt import Prompt
 from lensiar.revision import RevisionError
 from lensiar.samples import STRATEGIES, Sample, SampleSet, build_samples
 from lensiar.spec import ModelSpec
+from lensiar.store import VectorStore
 from lensiar.vectors import METHODS, extract
 
 __version__ = "0.1.0"
@@ -35,10 +37,13 @@ __all__ = [
     "SampleActivations",
     "SampleSet",
     "UnsupportedArchitectureError",
+    "VectorStore",
     "__version__",
     "build_samples",
+    "export_control_vector",
     "extract",
     "probe_heads",
     "sample_activations",
+    "store",
     "testing",
 ]

@@ -54,6 +54,60 @@ def cmd_capture(args: argparse.Namespace) -> dict[str, Any]:
     return {"out": str(out), "shapes": {k: list(v.shape) for k, v in cache.items()}}
 
 
+def _samples(args: argparse.Namespace) -> Any:
+    from lensiar import build_samples
+
+    return build_samples(args.strategy, n=args.n, n_responses=args.n_responses, data_dir=args.data_dir,
+                         seed=args.seed)
+
+
+def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar import Lens, probe_heads
+
+    lens = Lens.from_pretrained(args.model)
+    result = probe_heads(lens, _samples(args), val_fraction=args.val_fraction, seed=args.seed)
+    top = [{"layer": layer, "head": head, "accuracy": round(float(result.accuracy[layer, head]), 4)}
+           for layer, head in result.top(args.top_k)]
+    out: dict[str, Any] = {"model": args.model, "strategy": args.strategy, "seed": args.seed,
+                           "n_train": len(result.train_ids), "n_val": len(result.val_ids), "top_heads": top,
+                           "layer_accuracy": [round(float(a), 4) for a in result.layer_accuracy]}
+    if args.out:
+        out["accuracy"] = result.accuracy.tolist()
+        _write_json(Path(args.out), out)
+        out = {k: v for k, v in out.items() if k != "accuracy"} | {"out": args.out}
+    return out
+
+
+def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar import Lens, extract
+    from lensiar.store import VectorStore
+
+    lens = Lens.from_pretrained(args.model)
+    bundle = extract(lens, _samples(args), method=args.method, level=args.level, val_fraction=args.val_fraction,
+                     seed=args.seed, gate=args.gate,
+                     defaults={"alpha": args.alpha, "top_k": args.top_k})
+    if args.out:
+        path = bundle.save(args.out)
+    else:
+        path = VectorStore(args.store).save(args.name, bundle, overwrite=args.overwrite)
+    chosen = bundle.selection()
+    return {"bundle": str(path), "level": bundle.level, "method": bundle.method, "strategy": bundle.strategy,
+            "counts": bundle.data["counts"], "selected": chosen.nonzero().tolist(),
+            "selected_accuracy": [round(float(a), 4) for a in bundle.accuracy[chosen]]}
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(value, fh)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _open_image(path: str) -> Any:
     from PIL import Image
 
@@ -117,6 +171,35 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--positions", default="last", choices=["last", "mean", "all", "image"])
     cap.add_argument("--out", required=True)
     cap.set_defaults(func=cmd_capture)
+
+    def sample_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help="local checkpoint directory or registry name")
+        p.add_argument("--strategy", default="query", choices=["query", "single_response", "multi_response", "modality"])
+        p.add_argument("--n", type=int, default=128, help="harmful prompts (and as many harmless for query)")
+        p.add_argument("--n-responses", type=int, default=4, help="responses per prompt for multi_response")
+        p.add_argument("--data-dir", default=None, help="benchmark data directory (default ../shared/data)")
+        p.add_argument("--val-fraction", type=float, default=0.25)
+        p.add_argument("--seed", type=int, default=0)
+
+    probe = sub.add_parser("probe", help="probe every head and layer; rank heads by held-out accuracy")
+    sample_options(probe)
+    probe.add_argument("--top-k", type=int, default=10)
+    probe.add_argument("--out", help="also write the full accuracy matrix to this JSON file")
+    probe.set_defaults(func=cmd_probe)
+
+    ext = sub.add_parser("extract", help="extract revision vectors into a bundle")
+    sample_options(ext)
+    ext.add_argument("--method", default="mms", choices=["mms", "probe", "pca"])
+    ext.add_argument("--level", default="head", choices=["head", "layer"])
+    ext.add_argument("--alpha", type=float, default=1.0, help="default alpha recorded in the bundle")
+    ext.add_argument("--top-k", type=int, default=8, help="default top_k recorded in the bundle")
+    ext.add_argument("--gate", action="store_true", help="store a conditional-revision gate (query strategy)")
+    where = ext.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="bundle file (.safetensors)")
+    where.add_argument("--name", help="save into the vector store under this name")
+    ext.add_argument("--store", default="vector_store")
+    ext.add_argument("--overwrite", action="store_true")
+    ext.set_defaults(func=cmd_extract)
     return parser
 
 
@@ -125,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet()
     try:
         result = args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
         print(f"lensiar {args.command}: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

@@ -22,54 +22,74 @@ from lensiar.samples import SampleSet
 if TYPE_CHECKING:
     from lensiar.lens import Lens
 
-_STEPS = torch.tensor([1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.0])
-
-
 def standardize(x: Float[Tensor, "g n d"]) -> tuple[Float[Tensor, "g 1 d"], Float[Tensor, "g 1 1"]]:
     """Per-group centre ``[g, 1, d]`` and one scale ``[g, 1, 1]`` (root mean square after centring)."""
     mu = x.mean(1, keepdim=True)
-    return mu, (x - mu).pow(2).mean((1, 2), keepdim=True).sqrt().clamp_min(1e-12)
+    centred = x - mu
+    return mu, (centred * centred).mean((1, 2), keepdim=True).sqrt().clamp_min(1e-12)
 
 
 def _fit_chunk(
     x: Float[Tensor, "g n d"], y: Float[Tensor, " n"], lam: float, max_iter: int, tol: float, scaled: bool
 ) -> tuple[Float[Tensor, "g d"], Float[Tensor, " g"]]:
     g, n, d = x.shape
-    mu, scale = standardize(x)
+    mu = x.mean(1, keepdim=True)  # [g, 1, d]
+    xs = x - mu
+    var = (xs * xs).mean(1, keepdim=True)  # (torch.var_mean over a middle axis is several times slower)
+    scale = var.mean(2, keepdim=True).sqrt().clamp_min(1e-12)  # [g, 1, 1]
     # Newton runs on per-dimension standardised features (well conditioned in float32); the penalty is
     # rewritten so the objective stays the one asked for: lam * (S / s_j)^2 on the scalar-scaled
-    # features (scaled=True), lam / s_j^2 on the raw ones.
-    s_dim = (x - mu).pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-6 * scale)  # [g, 1, d]
-    xa = torch.cat([(x - mu) / s_dim, torch.ones(g, n, 1, dtype=x.dtype)], dim=2)  # [g, n, d+1]
+    # features (scaled=True), lam / s_j^2 on the raw ones. The intercept is not penalised.
+    s_dim = var.sqrt().clamp_min(1e-6 * scale)
+    xs.div_(s_dim)  # [g, n, d]
+    xs_t = xs.transpose(1, 2)
     ref = scale if scaled else torch.ones_like(scale)
-    lam_g = torch.cat([lam * (ref / s_dim).squeeze(1).double() ** 2, torch.zeros(g, 1, dtype=torch.float64)], 1)
-    theta = torch.zeros(g, d + 1, dtype=torch.float64)
-    steps = _STEPS.to(torch.float64)
+    lam_w = (lam * (ref / s_dim).squeeze(1).double() ** 2).unsqueeze(2)  # [g, d, 1]
+    w = torch.zeros(g, d, 1, dtype=torch.float64)
+    b = torch.zeros(g, 1, 1, dtype=torch.float64)
+    yv = y.view(1, n, 1)
+    ones = torch.ones(g, 1, 1, dtype=torch.float64)
 
-    def loss(logits: Tensor, th: Tensor) -> Tensor:  # logits [..., g, n], th [..., g, d+1]
-        return (F.softplus(logits) - y * logits).sum(-1) + 0.5 * (lam_g * th * th).sum(-1)
+    def objective(logits: Tensor, w_: Tensor) -> Tensor:  # [g, n, 1], [g, d, 1] -> [g]
+        return (F.softplus(logits) - yv * logits).sum((1, 2)) + 0.5 * (lam_w * w_ * w_).sum((1, 2))
 
+    logits = torch.zeros(g, n, 1, dtype=torch.float64)
+    current = objective(logits, w)
     for _ in range(max_iter):
-        logits = torch.bmm(xa, theta.to(x.dtype).unsqueeze(2)).squeeze(2).double()  # [g, n]
         p = torch.sigmoid(logits)
-        grad = torch.bmm(xa.transpose(1, 2), (p - y).to(x.dtype).unsqueeze(2)).squeeze(2).double() + lam_g * theta
-        if grad.abs().amax() < tol:
+        weight = p * (1 - p)
+        # one pass over the features gives the gradient and the Hessian's bias column together
+        both = torch.bmm(xs_t, torch.cat([p - yv, weight], 2).float()).double()  # [g, d, 2]
+        grad = torch.cat([both[:, :, :1] + lam_w * w, (p - yv).sum(1, keepdim=True)], 1)  # [g, d+1, 1]
+        if grad.abs().amax() < tol * n:
             break
-        weight = (p * (1 - p)).to(x.dtype).unsqueeze(2)
-        hess = torch.bmm(xa.transpose(1, 2), xa * weight).double() + torch.diag_embed(lam_g + 1e-10)
-        step = torch.linalg.solve(hess, grad.unsqueeze(2)).squeeze(2)  # [g, d+1]
-        direction = torch.bmm(xa, step.to(x.dtype).unsqueeze(2)).squeeze(2).double()  # [g, n]
-        trial_logits = logits.unsqueeze(0) - steps.view(-1, 1, 1) * direction.unsqueeze(0)  # [t, g, n]
-        trial_theta = theta.unsqueeze(0) - steps.view(-1, 1, 1) * step.unsqueeze(0)
-        best = loss(trial_logits, trial_theta).argmin(0)  # [g]
-        theta = theta - steps[best].unsqueeze(1) * step
-    w = theta[:, :d] / s_dim.squeeze(1).double()
-    b = theta[:, d] - (w * mu.squeeze(1).double()).sum(1)
+        hww = torch.bmm(xs_t, xs * weight.float()).double() + torch.diag_embed(lam_w.squeeze(2) + 1e-10)
+        hwb = both[:, :, 1:]
+        hbb = weight.sum(1, keepdim=True) + 1e-10
+        hess = torch.cat([torch.cat([hww, hwb], 2), torch.cat([hwb.transpose(1, 2), hbb], 2)], 1)
+        step = torch.linalg.solve(hess, grad)  # [g, d+1, 1]
+        t = ones.clone()
+        # full Newton steps; halve the step of any group whose objective would rise (rarely needed)
+        for _halving in range(8):
+            new_w, new_b = w - t * step[:, :d], b - t * step[:, d:]
+            new_logits = (torch.bmm(xs, new_w.float()) + new_b.float()).double()
+            new = objective(new_logits, new_w)
+            worse = new > current + 1e-6 * current.abs()
+            if not worse.any():
+                break
+            t = torch.where(worse.view(g, 1, 1), t / 2, t)
+        keep = ~worse if worse.any() else torch.ones(g, dtype=torch.bool)
+        w = torch.where(keep.view(g, 1, 1), new_w, w)
+        b = torch.where(keep.view(g, 1, 1), new_b, b)
+        logits = torch.where(keep.view(g, 1, 1), new_logits, logits)
+        current = torch.where(keep, new, current)
+    w_raw = w.squeeze(2) / s_dim.squeeze(1).double()
+    b_raw = b.view(g) - (w_raw * mu.squeeze(1).double()).sum(1)
     # a group whose features are constant to float32 precision carries no signal: predict the prior
-    flat = constant_groups(x)
-    w[flat] = 0.0
-    b[flat] = torch.logit(y.mean().clamp(1e-6, 1 - 1e-6))
-    return w.float(), b.float()
+    flat = scale.reshape(-1) <= 1e-5 * mu.abs().amax(-1).reshape(-1)
+    w_raw[flat] = 0.0
+    b_raw[flat] = torch.logit(y.mean().clamp(1e-6, 1 - 1e-6))
+    return w_raw.float(), b_raw.float()
 
 
 def constant_groups(x: Float[Tensor, "g n d"]) -> Bool[Tensor, " g"]:
@@ -83,8 +103,8 @@ def fit_logistic(
     y: Int[Tensor, " n"],
     C: float = 1.0,
     max_iter: int = 30,
-    tol: float = 1e-4,
-    chunk: int = 128,
+    tol: float = 1e-6,
+    chunk: int = 16,
     scaled: bool = True,
 ) -> tuple[Float[Tensor, "g d"], Float[Tensor, " g"]]:
     """Fit ``g`` logistic probes on the same labels at once; returns weights ``[g, d]`` and biases ``[g]``.

@@ -41,3 +41,20 @@ def test_bad_model_and_bad_hook_name_give_clear_errors(tmp_path: Path) -> None:
                 "--out", str(tmp_path / "o.safetensors"))
     assert typo.returncode == 2 and "Did you mean 'blocks.0.hook_resid_post'" in typo.stderr
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_probe_and_extract_into_the_store(tmp_path: Path) -> None:
+    model, tokenizer = lensiar.testing.tiny_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    probe = _run("probe", str(tmp_path / "m"), "--n", "12", "--top-k", "3", "--out", str(tmp_path / "heads.json"))
+    assert probe.returncode == 0, probe.stderr
+    result = json.loads(probe.stdout)
+    assert len(result["top_heads"]) == 3 and result["n_train"] + result["n_val"] == 24
+    assert len(json.loads((tmp_path / "heads.json").read_text())["accuracy"]) == 2
+    ext = _run("extract", str(tmp_path / "m"), "--strategy", "single_response", "--n", "12", "--level", "layer",
+               "--top-k", "1", "--name", "tiny-layer", "--store", str(tmp_path / "vs"))
+    assert ext.returncode == 0, ext.stderr
+    assert json.loads(ext.stdout)["selected"] and "tiny-layer" in lensiar.store.VectorStore(tmp_path / "vs").list()
+    bad = _run("extract", str(tmp_path / "m"), "--strategy", "queries", "--out", str(tmp_path / "x.safetensors"))
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

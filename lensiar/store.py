@@ -1,0 +1,100 @@
+"""A vector store: a directory of bundles plus ``index.json`` (name, model, method, metrics).
+
+Every write is atomic (temporary file + rename) and index updates happen under a file lock, so
+several processes can save into one store at once and the index always stays valid JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from lensiar.bundle import BundleError, RevisionBundle
+
+INDEX_VERSION = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _write_json(path: Path, value: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(value, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class VectorStore:
+    """Bundles saved by name under ``root`` (default ``vector_store/``)."""
+
+    def __init__(self, root: str | os.PathLike[str] = "vector_store") -> None:
+        self.root = Path(root)
+        self.index_path = self.root / "index.json"
+        self._lock = FileLock(str(self.root / ".index.lock"))
+
+    def _read(self) -> dict[str, Any]:
+        if not self.index_path.exists():
+            return {"format_version": INDEX_VERSION, "bundles": {}}
+        try:
+            index = json.loads(self.index_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{self.index_path} is not valid JSON ({exc}); restore it or remove it to rebuild") from None
+        if index.get("format_version") != INDEX_VERSION:
+            raise BundleError(f"{self.index_path} has index version {index.get('format_version')!r}; "
+                              f"this lensiar reads version {INDEX_VERSION}")
+        return index
+
+    def list(self) -> dict[str, dict[str, Any]]:
+        """Name -> index entry (file, model, level, method, strategy, metrics, saved_at)."""
+        return dict(self._read()["bundles"])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.list()
+
+    def save(self, name: str, bundle: RevisionBundle, metrics: dict[str, Any] | None = None,
+             overwrite: bool = False) -> Path:
+        """Write ``bundle`` as ``<name>.safetensors`` and record it in the index."""
+        if not _NAME.match(name):
+            raise BundleError(f"bad bundle name {name!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            index = self._read()
+            if name in index["bundles"] and not overwrite:
+                raise BundleError(f"{name!r} is already in {self.root}; pass overwrite=True to replace it")
+            path = bundle.save(self.root / f"{name}.safetensors")
+            index["bundles"][name] = {
+                "file": path.name,
+                "model": {k: bundle.model.get(k) for k in ("architecture", "model_type", "fingerprint")},
+                "level": bundle.level, "method": bundle.method, "strategy": bundle.strategy,
+                "metrics": metrics or {}, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            _write_json(self.index_path, index)
+        return path
+
+    def load(self, name: str, lens: Any = None) -> RevisionBundle:
+        """The bundle saved as ``name`` (validated against ``lens`` if given)."""
+        entries = self.list()
+        if name not in entries:
+            known = ", ".join(sorted(entries)) or "none"
+            raise BundleError(f"no bundle {name!r} in {self.root} (known: {known})")
+        return RevisionBundle.load(self.root / entries[name]["file"], lens=lens)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            index = self._read()
+            entry = index["bundles"].pop(name, None)
+            if entry is None:
+                raise BundleError(f"no bundle {name!r} in {self.root}")
+            _write_json(self.index_path, index)
+            (self.root / entry["file"]).unlink(missing_ok=True)

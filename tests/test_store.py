@@ -1,0 +1,76 @@
+"""Vector store (atomic, concurrent-safe index) and llama.cpp control-vector export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from lensiar.bundle import BundleError
+from lensiar.export import export_control_vector, read_control_vector
+from lensiar.store import VectorStore
+from tests.conftest import tiny_lens
+from tests.test_revision import random_bundle
+
+
+def test_save_list_load(tmp_path: Path) -> None:
+    lens = tiny_lens("llava")
+    store = VectorStore(tmp_path / "vs")
+    bundle = random_bundle(lens)
+    store.save("llava-mms-head", bundle, metrics={"asr": 0.1})
+    entry = store.list()["llava-mms-head"]
+    assert entry["metrics"] == {"asr": 0.1} and entry["model"]["fingerprint"] == lens.spec.fingerprint
+    assert torch.equal(store.load("llava-mms-head", lens=lens).vectors, bundle.vectors)
+    with pytest.raises(BundleError, match="already"):
+        store.save("llava-mms-head", bundle)
+    with pytest.raises(BundleError, match="bad bundle name"):
+        store.save("../escape", bundle)
+    with pytest.raises(BundleError, match="no bundle 'nope'"):
+        store.load("nope")
+    store.remove("llava-mms-head")
+    assert store.list() == {} and not list((tmp_path / "vs").glob("*.safetensors"))
+
+
+def test_two_processes_saving_at_once(tmp_path: Path) -> None:
+    root = tmp_path / "vs"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+        from lensiar.store import VectorStore
+        from tests.conftest import tiny_lens
+        from tests.test_revision import random_bundle
+        bundle = random_bundle(tiny_lens("llama"), seed=int(sys.argv[1]))
+        store = VectorStore({str(root)!r})
+        for i in range(15):
+            store.save(f"p{{sys.argv[1]}}-{{i}}", bundle)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(k)]) for k in (1, 2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    index = json.loads((root / "index.json").read_text())
+    assert sorted(index["bundles"]) == sorted(f"p{k}-{i}" for k in (1, 2) for i in range(15))
+    assert not list(root.glob("*.tmp")) and not list(root.glob(".*.tmp"))
+
+
+def test_corrupt_index_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        VectorStore(tmp_path).list()
+
+
+def test_control_vector_round_trip(tmp_path: Path) -> None:
+    lens = tiny_lens("llama")
+    bundle = random_bundle(lens, "layer")
+    path = export_control_vector(bundle, tmp_path / "cv.gguf", alpha=2.0, layers=[1])
+    hint, directions = read_control_vector(path)
+    assert hint == "llama" and sorted(directions) == [1]
+    assert torch.allclose(directions[1], 2.0 * bundle.shift[1], atol=1e-7)
+    with pytest.raises(BundleError, match="block 0"):
+        export_control_vector(bundle, tmp_path / "bad.gguf", layers=[0])
+    with pytest.raises(BundleError, match="layer-level"):
+        export_control_vector(random_bundle(lens, "head"), tmp_path / "bad.gguf")
+    assert not (tmp_path / "bad.gguf").exists()
