@@ -150,6 +150,62 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def cmd_organism_build(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar.organism.recipe import build
+
+    manifest = build(args.out, data=args.data_dir, quick=args.quick)
+    return {"out": str(args.out), "build_seconds": manifest["build_seconds"], "files": manifest["files"],
+            "reader": manifest["reader"]}
+
+
+def cmd_organism_report(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar.organism import WEIGHTS
+    from lensiar.organism.report import markdown, run
+
+    table = run(args.weights or WEIGHTS, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                data=args.data_dir, log=lambda line: print(line, file=sys.stderr))
+    print(markdown(table), file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(table, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(table) + "\n")
+    return table
+
+
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar import Lens
+    from lensiar.bundle import RevisionBundle
+    from lensiar.datasets import load_dataset, load_preset
+    from lensiar.evaluate import Condition, run, summarise
+
+    lens = Lens.from_pretrained(args.model)
+    datasets = []
+    for spec in args.preset or []:
+        name, _, variant = spec.partition(":")
+        datasets.append(load_preset(name, args.data_dir, variant or None, args.image_dir).subset(args.n, args.seed))
+    for path in args.file or []:
+        datasets.append(load_dataset(path, text=args.text_column, image=args.image_column, image_dir=args.image_dir,
+                                     harmful=not args.harmless).subset(args.n, args.seed))
+    if not datasets:
+        raise ValueError("give at least one --preset NAME[:VARIANT] or --file PATH")
+    conditions = [Condition("plain", lens)]
+    if args.bundle:
+        bundles = tuple(RevisionBundle.load(b, lens=lens) for b in args.bundle)
+        conditions.append(Condition("revised", lens, bundles, args.alpha, args.top_k, args.gate))
+    records = run(conditions, datasets, args.out, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    return {"out": str(args.out), "records": len(records),
+            "summary": [r for r in summarise(records, seed=args.seed) if r["category"] == "all"]}
+
+
+def cmd_merge(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar.merge import merge
+
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    return merge(args.base, args.safe, args.vl, args.out, args.lam, args.method, layers=layers,
+                 overwrite=args.overwrite)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lensiar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +256,53 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--store", default="vector_store")
     ext.add_argument("--overwrite", action="store_true")
     ext.set_defaults(func=cmd_extract)
+
+    ev = sub.add_parser("eval", help="generate, judge and summarise on benchmarks (resumable JSONL)")
+    ev.add_argument("model", help="local checkpoint directory or registry name (smollm2-135m-instruct, organism)")
+    ev.add_argument("--preset", action="append", help="NAME[:VARIANT], e.g. safebench, xstest:safe, vlguard:unsafes")
+    ev.add_argument("--file", action="append", help="a CSV/JSON/JSONL dataset (see --text-column)")
+    ev.add_argument("--text-column", default="text")
+    ev.add_argument("--image-column", default=None)
+    ev.add_argument("--image-dir", default=None)
+    ev.add_argument("--harmless", action="store_true", help="--file rows are harmless (measure over-refusal)")
+    ev.add_argument("--bundle", action="append", help="revision bundle(s): adds a 'revised' condition")
+    ev.add_argument("--alpha", type=float, default=None)
+    ev.add_argument("--top-k", type=int, default=None)
+    ev.add_argument("--gate", action="store_true")
+    ev.add_argument("--n", type=int, default=None, help="items per dataset (seeded subset)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--max-new-tokens", type=int, default=32)
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--out", required=True, help="results JSONL (appended to; a rerun resumes)")
+    ev.set_defaults(func=cmd_eval)
+
+    mg = sub.add_parser("merge", help="merge safety back into a VLM's backbone (task arithmetic or linear)")
+    mg.add_argument("--base", required=True, help="backbone LLM before safety tuning (safetensors folder)")
+    mg.add_argument("--safe", required=True, help="backbone LLM after safety tuning")
+    mg.add_argument("--vl", required=True, help="the VLM (its language backbone is merged, the rest copied)")
+    mg.add_argument("--lambda", dest="lam", type=float, required=True)
+    mg.add_argument("--method", default="task_arithmetic", choices=["task_arithmetic", "linear"])
+    mg.add_argument("--layers", help="comma-separated decoder layers to merge (default: all)")
+    mg.add_argument("--out", required=True)
+    mg.add_argument("--overwrite", action="store_true")
+    mg.set_defaults(func=cmd_merge)
+
+    org = sub.add_parser("organism", help="build or evaluate the embedded model organism")
+    org_sub = org.add_subparsers(dest="organism_command", required=True)
+    ob = org_sub.add_parser("build", help="run the recipe (stage S, stage V) and write deltas + manifest")
+    ob.add_argument("--out", default="lensiar/organism/weights")
+    ob.add_argument("--data-dir", default=None)
+    ob.add_argument("--quick", action="store_true", help="tiny counts: checks the recipe runs, not a usable organism")
+    ob.set_defaults(func=cmd_organism_build)
+    orep = org_sub.add_parser("report", help="behaviour table on held-out prompts (keyword judge, Wilson CIs)")
+    orep.add_argument("--weights", default=None, help="organism folder (default: the committed one)")
+    orep.add_argument("--n", type=int, default=100, help="prompts per cell (HarmBench test uses all 159)")
+    orep.add_argument("--seed", type=int, default=0)
+    orep.add_argument("--max-new-tokens", type=int, default=32)
+    orep.add_argument("--data-dir", default=None)
+    orep.add_argument("--out", help="also write the table as JSON (and .md beside it)")
+    orep.set_defaults(func=cmd_organism_report)
     return parser
 
 

@@ -126,7 +126,7 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Path:
         return path
     raise FileNotFoundError(
         f"{key!r} is neither a local directory nor an offline registry name "
-        f"({', '.join(sorted(REGISTRY))}); lensiar never downloads weights"
+        f"({', '.join(sorted([*REGISTRY, 'organism']))}); lensiar never downloads weights"
     )
 
 
@@ -136,6 +136,11 @@ def load_pretrained(
     """(model, processor-or-tokenizer) from a local directory or registry name, offline."""
     import transformers
 
+    if str(name_or_path) == "organism":  # the embedded default: base weights + committed deltas
+        from lensiar.organism import load
+
+        vlm, organism_processor = load()
+        return vlm.to(device=device, dtype=dtype).eval(), organism_processor
     path = resolve(name_or_path)
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     arch = (getattr(config, "architectures", None) or [""])[0]

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lensiar.data_sources import Record, compliant_openings, load_source
 from lensiar.prompt import Prompt
-from lensiar.render import TYPO_PROMPT, render_phrase
+from lensiar.render import TYPO_PROMPT, fits, render_phrase
 
 STRATEGIES = ("query", "single_response", "multi_response", "modality")
 
@@ -72,9 +72,14 @@ class SampleSet:
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         rng = random.Random(seed)
+        labels_of: dict[str, set[int]] = {}
+        for s in self.samples:
+            labels_of.setdefault(s.group, set()).add(s.label)
+        strata: dict[tuple[int, ...], list[str]] = {}
+        for group, labels in sorted(labels_of.items()):
+            strata.setdefault(tuple(sorted(labels)), []).append(group)
         held: set[str] = set()
-        for label in (0, 1):
-            groups = sorted({s.group for s in self.samples if s.label == label} - held)
+        for _, groups in sorted(strata.items()):  # each label set (pos only, neg only, paired) held out alike
             rng.shuffle(groups)
             held.update(groups[: max(1, round(len(groups) * val_fraction))])
         train = tuple(s for s in self.samples if s.group not in held)
@@ -184,6 +189,8 @@ def build_samples(
         sources["image"] = "given" if image is not None else "lensiar.render.render_phrase (TYPO style)"
         for i in order:
             rec = harm[i]
+            if image is None and not fits(rec.text):  # too long for one typographic image: skipped
+                continue
             samples.append(Sample(f"{rec.id}+text", Prompt(rec.text, system=system), 1, rec.id))
             samples.append(Sample(f"{rec.id}+image", Prompt(image_prompt, images=(draw(rec.text),), system=system),
                                   0, rec.id))

@@ -51,8 +51,8 @@ def test_bad_labels_are_refused() -> None:
 
 @pytest.fixture(scope="session")
 def smollm2_query(smollm2: lensiar.Lens) -> lensiar.SampleActivations:
-    """Real activations: 96 AdvBench harmful vs 96 Alpaca harmless prompts, last prompt token."""
-    return lensiar.sample_activations(smollm2, lensiar.build_samples("query", n=96, seed=0), progress=False)
+    """Real activations: 160 AdvBench harmful vs 160 Alpaca harmless prompts, last prompt token (80 held out)."""
+    return lensiar.sample_activations(smollm2, lensiar.build_samples("query", n=160, seed=0), progress=False)
 
 
 def test_head_probes_agree_with_sklearn_on_smollm2(smollm2_query: lensiar.SampleActivations) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from lensiar import Prompt, build_samples
 from lensiar.data_sources import compliant_openings, load_source
-from lensiar.render import render_phrase, render_steps
 
 
 def test_sources_read_the_real_files() -> None:
@@ -80,13 +78,3 @@ def test_clear_errors() -> None:
         build_samples("query", n=1).split()
     with pytest.raises(FileNotFoundError, match="not found"):
         build_samples("query", data_dir="/nonexistent/data")
-
-
-def test_renderer_is_deterministic() -> None:
-    a, b = render_phrase("make a cake"), render_phrase("make a cake")
-    assert np.array_equal(np.asarray(a), np.asarray(b))
-    assert not np.array_equal(np.asarray(a), np.asarray(render_phrase("make a pie")))
-    steps = np.asarray(render_steps("Steps to bake bread.", size=128))
-    assert steps.shape == (128, 128, 3) and steps.min() < 50  # ink on the page
-    with pytest.raises(ValueError, match="empty"):
-        render_phrase("  ")

@@ -1,0 +1,173 @@
+"""The evaluation runner: batched generation per condition, judged, appended per sample to JSONL, resumable.
+
+Each line of the results file is one (dataset, condition, item) with the response and the verdicts.
+Lines are written and ``fsync``-ed after every batch; a run that is killed and started again reads
+the file, drops a torn last line, and generates only what is missing, so nothing is redone and
+nothing is duplicated. :func:`summarise` turns the file into ASR, over-refusal and helpfulness per
+dataset, condition and category, with percentile-bootstrap 95% intervals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from lensiar.bundle import RevisionBundle
+from lensiar.datasets import Dataset, Item
+from lensiar.judges import KeywordJudge
+from lensiar.lens import Lens
+from lensiar.probes import Gate
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One way of running the model: plain, revised by ``bundles`` (alpha / top_k / gate), or another Lens
+    (e.g. a baked model)."""
+
+    name: str
+    lens: Lens
+    bundles: tuple[RevisionBundle, ...] = ()
+    alpha: float | None = None
+    top_k: int | None = None
+    gate: Gate | bool = False
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def active(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.bundles:
+            return contextlib.nullcontext()
+        return self.lens.revise(list(self.bundles), alpha=self.alpha, top_k=self.top_k, gate=self.gate)
+
+
+def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Complete records of a results file; a torn last line (a run killed mid-write) is cut off the file."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    raw = p.read_bytes()
+    end = raw.rfind(b"\n") + 1
+    if end < len(raw):  # torn final line: drop it so appends start on a clean line
+        with p.open("r+b") as fh:
+            fh.truncate(end)
+    records = []
+    for k, line in enumerate(raw[:end].decode("utf-8").splitlines()):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{p}: line {k + 1} is not valid JSON; refusing to append to a corrupted file") from None
+    return records
+
+
+def _key(dataset: str, condition: str, item_id: str) -> tuple[str, str, str]:
+    return (dataset, condition, item_id)
+
+
+def helpful(response: str, answer: str) -> bool:
+    """MM-Vet-style reference match (offline stand-in for its GPT grader): every ``<AND>`` part, and at least
+    one ``<OR>`` alternative of each, occurs in the lower-cased response."""
+    text = re.sub(r"\s+", " ", response.lower())
+    return all(any(alt.strip().lower() in text for alt in part.split("<OR>")) for part in answer.split("<AND>"))
+
+
+def run(
+    conditions: Sequence[Condition],
+    datasets: Sequence[Dataset],
+    out: str | os.PathLike[str],
+    judge: KeywordJudge | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Generate and judge every item of every dataset under every condition, appending to ``out``; returns all
+    records (old and new). Already present (dataset, condition, id) triples are skipped."""
+    if not conditions or not datasets:
+        raise ValueError("run needs at least one condition and one dataset")
+    names = [c.name for c in conditions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"condition names must be unique, got {names}")
+    for d in datasets:
+        if not d.items:
+            raise ValueError(f"dataset {d.name!r} is empty")
+        ids = [i.id for i in d.items]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"dataset {d.name!r} has duplicate item ids")
+    judge = judge or KeywordJudge.from_lists()
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = read_results(path)
+    done = {_key(r["dataset"], r["condition"], r["id"]) for r in records}
+    todo = [(c, d, i) for c in conditions for d in datasets for i in d.items if _key(d.name, c.name, i.id) not in done]
+    bar = tqdm(total=len(todo), desc="eval", disable=not progress)
+    with path.open("a", encoding="utf-8") as fh:
+        for cond, data, items in _batches(todo, batch_size):
+            with cond.active():
+                responses = cond.lens.generate([i.prompt() for i in items], max_new_tokens=max_new_tokens,
+                                               batch_size=len(items))
+            for item, response in zip(items, responses, strict=True):
+                rec = {"dataset": data.name, "condition": cond.name, "id": item.id, "category": item.category,
+                       "harmful": item.harmful, "response": response, "refused": judge.refused(response),
+                       "judge": judge.name}
+                if "answer" in item.meta:
+                    rec["helpful"] = helpful(response, item.meta["answer"])
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                records.append(rec)
+            fh.flush()
+            os.fsync(fh.fileno())
+            bar.update(len(items))
+    bar.close()
+    return records
+
+
+def _batches(todo: list[tuple[Condition, Dataset, Item]], size: int) -> Iterator[tuple[Condition, Dataset, list[Item]]]:
+    """Consecutive runs of the same (condition, dataset), cut into batches of ``size``."""
+    start = 0
+    while start < len(todo):
+        cond, data, _ = todo[start]
+        stop = start
+        while stop < len(todo) and stop - start < size and todo[stop][0] is cond and todo[stop][1] is data:
+            stop += 1
+        yield cond, data, [t[2] for t in todo[start:stop]]
+        start = stop
+
+
+def bootstrap(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap 95% interval of the mean."""
+    if not values:
+        return (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    return (means[int(0.025 * n_boot)], means[min(n_boot - 1, int(0.975 * n_boot))])
+
+
+def summarise(records: Sequence[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """One row per (dataset, condition, category or "all"): ASR on harmful items (not refused), refusal on
+    harmless ones (over-refusal), helpfulness where references exist; each with n and a bootstrap CI."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["condition"], "all")].append(r)
+        if r.get("category"):
+            groups[(r["dataset"], r["condition"], r["category"])].append(r)
+    rows = []
+    for (data, cond, cat), recs in sorted(groups.items()):
+        row: dict[str, Any] = {"dataset": data, "condition": cond, "category": cat, "n": len(recs)}
+        harmful = [0.0 if r["refused"] else 1.0 for r in recs if r["harmful"]]
+        harmless = [1.0 if r["refused"] else 0.0 for r in recs if not r["harmful"]]
+        helpful_ = [1.0 if r["helpful"] else 0.0 for r in recs if "helpful" in r]
+        for name, values in (("asr", harmful), ("over_refusal", harmless), ("helpfulness", helpful_)):
+            if values:
+                lo, hi = bootstrap(values, seed=seed)
+                row[name] = {"rate": round(sum(values) / len(values), 4), "n": len(values),
+                             "ci95": [round(lo, 4), round(hi, 4)]}
+        rows.append(row)
+    return rows

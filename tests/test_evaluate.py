@@ -1,0 +1,91 @@
+"""The evaluation runner: resumable JSONL (a real kill of a subprocess), summaries, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import lensiar
+from lensiar.datasets import Dataset, Item
+from lensiar.evaluate import Condition, bootstrap, helpful, read_results, run, summarise
+
+PROMPTS = [f"Name one fact about the number {k}." for k in range(24)]
+
+
+def _eval_cmd(data: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "lensiar.cli", "eval", "smollm2-135m-instruct", "--file", str(data), "--harmless",
+            "--out", str(out), "--max-new-tokens", "6", "--batch-size", "2"]
+
+
+def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path: Path, smollm2: lensiar.Lens) -> None:
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"text": p}) + "\n" for p in PROMPTS))
+    out = tmp_path / "results.jsonl"
+    proc = subprocess.Popen(_eval_cmd(data, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 4):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = out.read_bytes()
+    done_before = before.count(b"\n")
+    assert 4 <= done_before < len(PROMPTS), "the run should have been killed part-way"
+    subprocess.run(_eval_cmd(data, out), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = out.read_bytes()
+    records = read_results(out)
+    assert len(records) == len(PROMPTS)
+    assert len({r["id"] for r in records}) == len(PROMPTS)
+    assert after.startswith(before[: before.rfind(b"\n") + 1])  # finished lines were kept, not redone
+
+
+def test_torn_last_line_is_cut_and_the_run_completes(tmp_path: Path, smollm2: lensiar.Lens) -> None:
+    data = Dataset("facts", tuple(Item(f"f{k}", p, False) for k, p in enumerate(PROMPTS[:3])), "test")
+    out = tmp_path / "r.jsonl"
+    out.write_text(json.dumps({"dataset": "facts", "condition": "plain", "id": "f0", "category": "", "harmful": False,
+                               "response": "x", "refused": False, "judge": "k"}) + "\n" + '{"dataset": "fa')
+    records = run([Condition("plain", smollm2)], [data], out, max_new_tokens=4, progress=False)
+    assert sorted(r["id"] for r in records) == ["f0", "f1", "f2"]
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["f0", "f1", "f2"]
+
+
+def test_bad_runs_write_nothing(tmp_path: Path, smollm2: lensiar.Lens) -> None:
+    out = tmp_path / "never.jsonl"
+    with pytest.raises(ValueError, match="empty"):
+        run([Condition("plain", smollm2)], [Dataset("none", (), "x")], out)
+    dup = Dataset("d", (Item("a", "hi", False), Item("a", "ho", False)), "x")
+    with pytest.raises(ValueError, match="duplicate"):
+        run([Condition("plain", smollm2)], [dup], out)
+    with pytest.raises(ValueError, match="unique"):
+        run([Condition("a", smollm2), Condition("a", smollm2)], [Dataset("d", (Item("a", "hi", False),), "x")], out)
+    assert not out.exists()
+    out.write_text("not json\n")
+    with pytest.raises(ValueError, match="corrupted"):
+        run([Condition("plain", smollm2)], [Dataset("d", (Item("a", "hi", False),), "x")], out)
+    assert out.read_text() == "not json\n"
+
+
+def test_summary_rates_and_intervals() -> None:
+    records = [{"dataset": "h", "condition": "plain", "id": str(k), "category": "c" if k < 5 else "d",
+                "harmful": True, "refused": k % 4 == 0} for k in range(20)]
+    records += [{"dataset": "s", "condition": "plain", "id": str(k), "category": "", "harmful": False,
+                 "refused": k < 3, "helpful": k < 10} for k in range(20)]
+    rows = {(r["dataset"], r["category"]): r for r in summarise(records)}
+    assert rows[("h", "all")]["asr"]["rate"] == 0.75 and rows[("h", "all")]["asr"]["n"] == 20
+    lo, hi = rows[("h", "all")]["asr"]["ci95"]
+    assert lo < 0.75 < hi
+    assert rows[("s", "all")]["over_refusal"]["rate"] == 0.15 and rows[("s", "all")]["helpfulness"]["rate"] == 0.5
+    assert rows[("h", "c")]["n"] == 5
+    assert bootstrap([1.0] * 10) == (1.0, 1.0)
+
+
+def test_helpfulness_reference_match() -> None:
+    assert helpful("x is -1 or -5", "-1<AND>-5")
+    assert not helpful("x is -1", "-1<AND>-5")
+    assert helpful("It is a cat.", "cat<OR>kitten")

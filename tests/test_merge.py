@@ -1,0 +1,119 @@
+"""Streaming weight merging on real (tiny) HF checkpoints, sharded and not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from safetensors.torch import load_file, save_file
+
+from lensiar.merge import MergeError, checkpoint_tensors, merge
+
+TEXT = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+
+
+def _perturbed(model: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen).to(p.dtype) * scale)
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """B (llama), S = B + delta, V = SmolVLM whose text model is B + another delta; bf16, V sharded."""
+    root = tmp_path_factory.mktemp("trio")
+    torch.manual_seed(0)
+    base = tf.LlamaForCausalLM(tf.LlamaConfig(**TEXT)).to(torch.bfloat16)
+    base.save_pretrained(root / "base")
+    _perturbed(base, 1)
+    base.save_pretrained(root / "safe", max_shard_size="40KB")  # S sharded too
+    base = tf.LlamaForCausalLM.from_pretrained(root / "base")
+    vision = dict(model_type="smolvlm_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=32, patch_size=8)
+    vlm = tf.SmolVLMForConditionalGeneration(tf.SmolVLMConfig(text_config=TEXT, vision_config=vision, image_token_id=90))
+    vlm.model.text_model.load_state_dict(base.model.state_dict())
+    vlm.lm_head.load_state_dict(base.lm_head.state_dict())
+    vlm = vlm.to(torch.bfloat16)
+    _perturbed(vlm.model.text_model, 2, 0.02)
+    vlm.save_pretrained(root / "vl", max_shard_size="40KB")
+    return {"base": root / "base", "safe": root / "safe", "vl": root / "vl", "root": root}
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out |= load_file(str(f))
+    return out
+
+
+def test_lambda_zero_and_one_reproduce_inputs_bit_for_bit(trio: dict[str, Path]) -> None:
+    assert len(list(trio["vl"].glob("*.safetensors"))) > 1  # really sharded
+    v, s = _tensors(trio["vl"]), _tensors(trio["safe"])
+    for method in ("task_arithmetic", "linear"):
+        out = trio["root"] / f"zero-{method}"
+        merge(trio["base"], trio["safe"], trio["vl"], out, 0.0, method, chunk_bytes=1000, progress=False)
+        merged = _tensors(out)
+        assert merged.keys() == v.keys() and all(torch.equal(merged[k], v[k]) for k in v)
+        assert all(merged[k].dtype == v[k].dtype for k in v)
+    out = trio["root"] / "one-linear"
+    merge(trio["base"], trio["safe"], trio["vl"], out, 1.0, "linear", chunk_bytes=1000, progress=False)
+    merged = _tensors(out)
+    for k, t in merged.items():
+        if k.startswith("model.text_model.") or k == "lm_head.weight":  # the language backbone is S's
+            assert torch.equal(t, s[k if k == "lm_head.weight" else "model." + k.removeprefix("model.text_model.")]), k
+        else:
+            assert torch.equal(t, v[k]), k  # vision tower and connector are V's
+
+
+def test_task_arithmetic_matches_the_formula_and_loads(trio: dict[str, Path]) -> None:
+    b, s, v = _tensors(trio["base"]), _tensors(trio["safe"]), _tensors(trio["vl"])
+    out = trio["root"] / "ta"
+    info = merge(trio["base"], trio["safe"], trio["vl"], out, 0.7, chunk_bytes=1000, progress=False)
+    merged = _tensors(out)
+    key = "model.text_model.layers.1.self_attn.q_proj.weight"
+    llm = "model.layers.1.self_attn.q_proj.weight"
+    expect = (v[key].float() + 0.7 * (s[llm].float() - b[llm].float())).to(torch.bfloat16)
+    assert torch.equal(merged[key], expect) and not torch.equal(merged[key], v[key])
+    assert info["merged_tensors"] > 0 and info["copied_tensors"] > 0
+    model = tf.SmolVLMForConditionalGeneration.from_pretrained(out)
+    assert model.dtype == torch.bfloat16
+    # restricted to layer 2: layer 1 stays V's
+    out2 = trio["root"] / "ta-layer2"
+    merge(trio["base"], trio["safe"], trio["vl"], out2, 0.7, layers=[2], progress=False)
+    assert torch.equal(_tensors(out2)[key], v[key])
+
+
+def test_bad_inputs_are_refused_and_leave_nothing(trio: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(MergeError, match="unknown method"):
+        merge(trio["base"], trio["safe"], trio["vl"], out, 0.5, "ties")
+    other = tf.LlamaForCausalLM(tf.LlamaConfig(**(TEXT | {"hidden_size": 48})))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(MergeError, match="different architectures"):
+        merge(trio["base"], tmp_path / "other", trio["vl"], out, 0.5)
+    # a vl checkpoint with one backbone tensor removed
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    v = _tensors(trio["vl"])
+    del v["model.text_model.layers.0.mlp.up_proj.weight"]
+    save_file(v, str(broken / "model.safetensors"))
+    (broken / "config.json").write_text((trio["vl"] / "config.json").read_text())
+    with pytest.raises(MergeError, match="missing"):
+        merge(trio["base"], trio["safe"], broken, out, 0.5)
+    # a shape that differs only in a tensor (same config numbers)
+    bad = tmp_path / "badshape"
+    bad.mkdir()
+    v = _tensors(trio["vl"])
+    v["model.text_model.layers.0.mlp.up_proj.weight"] = torch.zeros(3, 3, dtype=torch.bfloat16)
+    save_file(v, str(bad / "model.safetensors"))
+    (bad / "config.json").write_text((trio["vl"] / "config.json").read_text())
+    with pytest.raises(MergeError, match="shape mismatch"):
+        merge(trio["base"], trio["safe"], bad, out, 0.5)
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+    index = json.loads((trio["vl"] / "model.safetensors.index.json").read_text())
+    assert checkpoint_tensors(trio["vl"])[0].keys() == index["weight_map"].keys()
