@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -118,36 +117,14 @@ def _open_image(path: str) -> Any:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    """End-to-end smoke on real weights until the full demo lands: SmolLM2 and a SmolVLM around it."""
-    import numpy as np
-    from PIL import Image
+    """The main job on the embedded organism (see :mod:`lensiar.demo`)."""
+    from lensiar.demo import run_demo
 
-    from lensiar import Lens, Prompt
-    from lensiar.hooks import KINDS
-    from lensiar.testing import smolvlm_around_smollm2
-
-    report: dict[str, Any] = {"model": "smollm2-135m-instruct", "seed": args.seed}
-    t0 = time.perf_counter()
-    llm = Lens.from_pretrained("smollm2-135m-instruct")
-    report["load_s"] = round(time.perf_counter() - t0, 2)
-    report["spec"] = llm.spec.to_dict()
-    prompts = ["What is the capital of France?", "Give me three tips for staying healthy."]
-    names = [f"blocks.*.{suffix}" for suffix in KINDS]
-    cache = llm.run_with_cache(prompts, names, positions="last", progress=True)
-    report["captured"] = {"names": len(cache), "example": {k: list(v.shape) for k, v in list(cache.items())[:5]}}
-    report["generation"] = dict(zip(prompts, llm.generate(prompts, max_new_tokens=args.max_new_tokens), strict=True))
-    vlm = Lens(*smolvlm_around_smollm2(seed=args.seed))
-    image = Image.fromarray((np.random.RandomState(args.seed).rand(64, 64, 3) * 255).astype("uint8"))
-    image_cache = vlm.run_with_cache([Prompt("Describe the image.", images=image)], "blocks.*.attn.hook_z",
-                                     positions="image")
-    report["vlm"] = {
-        "spec": vlm.spec.to_dict(),
-        "note": "SmolVLM-class model around the real SmolLM2 backbone; its vision tower is random",
-        "image_tokens": int(image_cache.mask.sum()) if image_cache.mask is not None else 0,
-        "text_answer": vlm.generate([prompts[0]], max_new_tokens=args.max_new_tokens)[0],
-    }
-    report["total_s"] = round(time.perf_counter() - t0, 2)
-    return report
+    summary = run_demo(args.out, store=args.store, n_eval=args.n, seed=args.seed, tokens=args.max_new_tokens,
+                       quick=args.quick, data=args.data_dir, log=lambda line: print(line, file=sys.stderr))
+    print(f"report written to {Path(args.out).resolve()}/summary.md", file=sys.stderr)
+    return {"report": str(Path(args.out) / "summary.md"), "chosen": summary.get("chosen"),
+            "organism": summary["organism"], "seconds": summary["seconds"]}
 
 
 def cmd_organism_build(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,6 +183,24 @@ def cmd_merge(args: argparse.Namespace) -> dict[str, Any]:
                  overwrite=args.overwrite)
 
 
+def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar import Lens, RevisionBundle, build_samples, probe_heads
+    from lensiar.data_sources import load_source
+    from lensiar.demo import phrase_of, typo_prompt
+    from lensiar.render import TYPO_PROMPT, fits, render_phrase
+    from lensiar.report import head_report
+
+    lens = Lens.from_pretrained(args.model)
+    harmful = [r.text for r in load_source("rd_harmful", args.data_dir, "train") if fits(phrase_of(r.text))]
+    samples = build_samples("modality", harmful=harmful, n=args.n_probe, image=lambda t: render_phrase(phrase_of(t)),
+                            image_prompt=TYPO_PROMPT, seed=args.seed)
+    ranking = probe_heads(lens, samples, seed=args.seed)
+    pairs = harmful[: args.n]
+    bundle = RevisionBundle.load(args.bundle, lens=lens) if args.bundle else None
+    paths = head_report(lens, args.out, pairs, [typo_prompt(t) for t in pairs], ranking, bundle, top_k=args.top_k)
+    return {k: str(v) for k, v in paths.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lensiar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the main job on the embedded default")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--max-new-tokens", type=int, default=24)
+    demo.add_argument("--n", type=int, default=100, help="held-out prompts per evaluation set")
+    demo.add_argument("--out", default="reports/demo", help="report folder")
+    demo.add_argument("--store", default="vector_store", help="vector store for the chosen bundle")
+    demo.add_argument("--data-dir", default=None)
+    demo.add_argument("--quick", action="store_true", help="tiny counts (a smoke run; numbers mean nothing)")
     demo.set_defaults(func=cmd_demo)
 
     spec = sub.add_parser("spec", help="print a model's spec (layers, heads, fingerprint)")
@@ -287,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", required=True)
     mg.add_argument("--overwrite", action="store_true")
     mg.set_defaults(func=cmd_merge)
+
+    rep = sub.add_parser("report", help="head-attribution report (HTML + markdown + PNG) on text vs image requests")
+    rep.add_argument("model", nargs="?", default="organism")
+    rep.add_argument("--n", type=int, default=8, help="text/image pairs for attribution and patching")
+    rep.add_argument("--n-probe", type=int, default=96, help="harmful prompts for the modality probes")
+    rep.add_argument("--top-k", type=int, default=10)
+    rep.add_argument("--bundle", default=None, help="a bundle whose metadata goes into the report")
+    rep.add_argument("--seed", type=int, default=0)
+    rep.add_argument("--data-dir", default=None)
+    rep.add_argument("--out", default="reports/heads")
+    rep.set_defaults(func=cmd_report)
 
     org = sub.add_parser("organism", help="build or evaluate the embedded model organism")
     org_sub = org.add_subparsers(dest="organism_command", required=True)

@@ -15,7 +15,7 @@ import torch
 
 from lensiar.organism.files import WEIGHTS, ManifestError, read_verified
 
-__all__ = ["WEIGHTS", "ManifestError", "load", "load_backbone", "manifest"]
+__all__ = ["WEIGHTS", "ManifestError", "checkpoints", "load", "load_backbone", "load_vl_checkpoint", "manifest"]
 
 
 def manifest(folder: str | Path = WEIGHTS) -> dict[str, Any]:
@@ -71,3 +71,42 @@ def load(folder: str | Path = WEIGHTS, stage: str = "V") -> tuple[Any, Any]:
     elif stage != "S":
         raise ValueError(f"stage must be 'V' or 'S', got {stage!r}")
     return vlm.eval(), processor(tokenizer)
+
+
+def checkpoints(folder: str | Path = WEIGHTS) -> dict[str, Path]:
+    """Safetensors checkpoints of the backbone before (``base``) and after (``safe``) stage S, and of the
+    organism VLM (``vl``), for :func:`lensiar.merge.merge`. Written once into the cache (keyed by the
+    manifest's hashes) and reused."""
+    import hashlib
+    import json
+    import shutil
+
+    from lensiar.models import cache_dir, smollm2_path
+
+    info = manifest(folder)
+    key = hashlib.sha256(json.dumps(info["files"], sort_keys=True).encode()).hexdigest()[:12]
+    root = cache_dir() / "organism-checkpoints" / key
+    out = {"base": smollm2_path(), "safe": root / "safe", "vl": root / "vl"}
+    if not (root / "complete").exists():
+        tmp = root.with_name(root.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        lm, tokenizer = load_backbone("S", folder)
+        lm.save_pretrained(tmp / "safe")
+        tokenizer.save_pretrained(tmp / "safe")
+        vlm, _ = load(folder)
+        vlm.save_pretrained(tmp / "vl")
+        (tmp / "complete").write_text(key + "\n")
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+    return out
+
+
+def load_vl_checkpoint(path: str | Path) -> tuple[Any, Any]:
+    """A (merged) organism-shaped VLM checkpoint with the organism's processor."""
+    import transformers as tf
+
+    from lensiar.organism.assemble import processor
+
+    _, tokenizer = _base()
+    vlm = tf.SmolVLMForConditionalGeneration.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
+    return vlm, processor(tokenizer)

@@ -1,0 +1,78 @@
+"""The organism's safety degradation and safety-related layers (issue: VL adaptation and safety).
+
+Prints (JSON) and writes to --out:
+* the degradation table: stage-S backbone on text, organism VLM on the same content as text, and as an
+  image (MM-SafetyBench 01-07 TYPO, SafeBench FigStep-style, Alpaca harmless_val), keyword judge;
+* per layer and matrix, the relative weight change between the stage-S backbone and the VLM's backbone;
+* per layer, harmful-vs-harmless probe accuracy on text, on images, and text probe -> images;
+* PCA / t-SNE views of the residual stream, text vs image.
+
+    python benchmarks/vl_safety.py --n 100 --out reports/vl_safety
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--out", default="reports/vl_safety")
+    args = parser.parse_args()
+    import warnings
+
+    import transformers
+
+    warnings.filterwarnings("ignore")
+    transformers.logging.set_verbosity_error()
+    from lensiar import Lens
+    from lensiar.adaptation import (
+        degradation,
+        layer_separability,
+        projection_views,
+        separability_plot,
+        typo_pairs,
+        weight_change,
+    )
+    from lensiar.data_sources import data_dir
+    from lensiar.organism import load, load_backbone
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    llm = Lens(*load_backbone("S"))
+    vlm = Lens(*load())
+    pairs = typo_pairs(data_dir(), args.n, args.seed)
+    table = degradation(llm, vlm, pairs, out / "degradation.jsonl", tokens=args.tokens)
+    change = weight_change(llm.model, vlm.model)
+    (mm_text, mm_img), _, (al_text, al_img) = pairs
+    text = ([i.prompt() for i in mm_text.items], [i.prompt() for i in al_text.items])
+    image = ([i.prompt() for i in mm_img.items], [i.prompt() for i in al_img.items])
+    sep, acts = layer_separability(vlm, text, image, seed=args.seed)
+    separability_plot(sep, change, out / "layers.png", "organism: stage-S backbone -> VLM")
+    projection_views(acts, [2, 10, 20, 29], out / "projections.png", seed=args.seed)
+    result = {
+        "model": "organism (committed deltas) vs its stage-S backbone", "judge": "keyword (VLGuard + refusal_direction)",
+        "decoding": f"greedy, {args.tokens} new tokens", "n_per_set": args.n, "seed": args.seed,
+        "degradation": [{k: r[k] for k in ("dataset", "condition", "asr", "over_refusal") if k in r} for r in table],
+        "weight_change_mean_per_matrix": {k: round(float(v.mean()), 5) for k, v in change.items()},
+        "weight_change_per_layer": {k: [round(float(x), 5) for x in v] for k, v in change.items()},
+        "separability": sep.to_dict(),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    (out / "vl_safety.json").write_text(json.dumps(result, indent=2) + "\n")
+    json.dump(result, sys.stdout, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""``lensiar demo``: the whole mission on the embedded organism, then the same pipeline text-only on SmolLM2.
+
+Steps (organism): samples from train splits -> probe every head -> extract vectors (mms and probe,
+head and layer level) -> choose method, level, alpha and top_k on a validation split (train-split
+prompts kept out of extraction) -> evaluate before/after on held-out sets -> write a report folder
+(``summary.md``, ``summary.json``, head heatmap, ASR-vs-alpha plot) and save the chosen bundle in
+the vector store.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lensiar.bundle import RevisionBundle
+from lensiar.data_sources import load_source
+from lensiar.datasets import Dataset, Item, load_preset
+from lensiar.evaluate import Condition, run, summarise
+from lensiar.features import SampleActivations, sample_activations
+from lensiar.judges import KeywordJudge
+from lensiar.lens import Lens
+from lensiar.probes import ProbeResult, probe_heads
+from lensiar.prompt import Prompt
+from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
+from lensiar.samples import build_samples
+from lensiar.vectors import extract
+
+
+@dataclass(frozen=True)
+class Candidate:
+    method: str
+    level: str
+    alpha: float
+    top_k: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}/{self.level}/alpha={self.alpha:g}/top_k={self.top_k}"
+
+
+def phrase_of(text: str) -> str:
+    text = text.strip().rstrip(".!?")
+    return text[:1].lower() + text[1:]
+
+
+def typo_prompt(text: str) -> Prompt:
+    return Prompt(TYPO_PROMPT, images=(render_phrase(phrase_of(text)),))
+
+
+def heatmap(ranking: ProbeResult, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = ranking.accuracy.numpy()
+    fig, ax = plt.subplots(figsize=(4.5, 7))
+    im = ax.imshow(acc, aspect="auto", cmap="viridis", vmin=0.5, vmax=1.0)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    for layer, head in ranking.top(5):
+        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
+    fig.colorbar(im, ax=ax, label="held-out probe accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def alpha_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for r in rows:
+        key = f"{r['method']}/{r['level']}/top_k={r['top_k']}"
+        series.setdefault(key, []).append((r["alpha"], r["asr"], r["over_refusal"]))
+    for key, pts in sorted(series.items()):
+        pts.sort()
+        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"ASR {key}")[0]
+        ax.plot([p[0] for p in pts], [p[2] for p in pts], ls="--", color=line.get_color(), alpha=0.6)
+    ax.set_xlabel("alpha (units of sigma)")
+    ax.set_ylabel("rate (solid: ASR, dashed: over-refusal)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _rates(lens: Lens, harmful: Sequence[Prompt], harmless: Sequence[Prompt], judge: KeywordJudge,
+           tokens: int) -> tuple[float, float]:
+    out = lens.generate(list(harmful) + list(harmless), max_new_tokens=tokens, batch_size=32)
+    refused = judge(out)
+    asr = sum(not r for r in refused[: len(harmful)]) / max(1, len(harmful))
+    over = sum(refused[len(harmful) :]) / max(1, len(harmless))
+    return asr, over
+
+
+def choose(lens: Lens, bundles: dict[tuple[str, str], RevisionBundle], grid: Sequence[Candidate],
+           val_harmful: Sequence[Prompt], val_harmless: Sequence[Prompt], judge: KeywordJudge, tokens: int,
+           max_over_refusal_rise: float, log: Callable[[str], None]) -> tuple[Candidate | None, list[dict[str, Any]]]:
+    """Grid search on the validation prompts: the largest ASR drop whose over-refusal rise stays within bounds."""
+    base_asr, base_over = _rates(lens, val_harmful, val_harmless, judge, tokens)
+    log(f"validation, unrevised: ASR {base_asr:.2f}, over-refusal {base_over:.2f}")
+    rows: list[dict[str, Any]] = []
+    best: tuple[float, Candidate] | None = None
+    for cand in grid:
+        with lens.revise(bundles[(cand.method, cand.level)], alpha=cand.alpha, top_k=cand.top_k):
+            asr, over = _rates(lens, val_harmful, val_harmless, judge, tokens)
+        ok = over - base_over <= max_over_refusal_rise
+        rows.append({"method": cand.method, "level": cand.level, "alpha": cand.alpha, "top_k": cand.top_k,
+                     "asr": asr, "over_refusal": over, "admissible": ok})
+        log(f"validation {cand.label}: ASR {asr:.2f}, over-refusal {over:.2f}{'' if ok else ' (over-refusal too high)'}")
+        score = base_asr - asr
+        if ok and (best is None or score > best[0]):
+            best = (score, cand)
+    rows.insert(0, {"method": "none", "level": "-", "alpha": 0.0, "top_k": 0, "asr": base_asr,
+                    "over_refusal": base_over, "admissible": True})
+    return (best[1] if best else None), rows
+
+
+def _image_sets(root: Any, n: int, seed: int) -> list[Dataset]:
+    from lensiar.organism.report import mm_safety, safebench
+
+    mm = mm_safety(Path(root), n, seed)
+    sb = safebench(Path(root), n, seed)
+    return [
+        Dataset("mm_safetybench-typo", tuple(Item(m["id"], TYPO_PROMPT, True, m["id"].split("/")[0],
+                                                  render_phrase(m["phrase"])) for m in mm), "mm_safetybench"),
+        Dataset("safebench-figstep-rendered", tuple(Item(s["id"], FIGSTEP_PROMPT, True, "", render_steps(s["instruction"]))
+                                                    for s in sb), "figstep_safebench"),
+    ]
+
+
+def _reading_set(root: Any, n: int, seed: int) -> Dataset:
+    import re
+
+    from lensiar.organism.recipe import READ_PROMPT
+
+    texts = [r.text for r in load_source("rd_harmless", root, "val") if fits(r.text) and re.fullmatch(r"[ -~]+", r.text)]
+    picked = random.Random(seed + 1).sample(texts, min(n, len(texts)))
+    return Dataset("alpaca-read-image", tuple(Item(f"read/{k}", READ_PROMPT, False, "", render_phrase(t), {"answer": t})
+                                              for k, t in enumerate(picked)), "refusal_direction harmless_val")
+
+
+def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_store", n_eval: int = 100,
+             seed: int = 0, tokens: int = 24, quick: bool = False, data: Any = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the demo; returns the summary (also written to ``out_dir/summary.json``)."""
+    from lensiar.data_sources import data_dir
+    from lensiar.store import VectorStore
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    root = data_dir(data)
+    judge = KeywordJudge.from_lists(root=root)
+    n_eval = 8 if quick else n_eval
+    summary: dict[str, Any] = {"judge": judge.name, "seed": seed, "max_new_tokens": tokens, "decoding": "greedy"}
+
+    # ------------------------------------------------------------------ organism
+    lens = Lens.from_pretrained("organism")
+    harmful = [r.text for r in load_source("rd_harmful", root, "train") if fits(phrase_of(r.text))]
+    random.Random(seed).shuffle(harmful)
+    n_val = 12 if quick else 48
+    val_harm, train_harm = harmful[:n_val], harmful[n_val:]
+    benign = [r.text for r in load_source("rd_harmless", root, "train")]
+    random.Random(seed + 1).shuffle(benign)
+    benign = [t for t in benign if fits(phrase_of(t))]
+    val_benign = benign[:n_val]
+    n_samples = 24 if quick else 128
+    samples = build_samples("modality", harmful=train_harm, n=n_samples, image=lambda t: render_phrase(phrase_of(t)),
+                            image_prompt=TYPO_PROMPT, seed=seed)
+    log(f"samples (modality, train split): {samples.counts()}")
+    acts: SampleActivations = sample_activations(lens, samples, progress=True)
+    ranking = probe_heads(None, acts, seed=seed)
+    heatmap(ranking, out / "head_accuracy.png", "organism: text vs image (modality), held-out probe accuracy")
+    bundles = {(m, lvl): extract(lens, acts, method=m, level=lvl, seed=seed, ranking=ranking, progress=False)
+               for m in ("mms", "probe") for lvl in ("head", "layer")}
+    alphas = (4.0, 8.0) if quick else (2.0, 4.0, 8.0, 12.0)
+    grid = [Candidate(m, "head", a, k) for m in ("mms", "probe") for a in alphas for k in (16, 64)]
+    grid += [Candidate(m, "layer", a, k) for m in ("mms", "probe") for a in alphas for k in (3,)]
+    if quick:
+        grid = grid[:3]
+    val_h = [typo_prompt(t) for t in val_harm]
+    val_b = [typo_prompt(t) for t in val_benign]
+    chosen, val_rows = choose(lens, bundles, grid, val_h, val_b, judge, 16, 0.10, log)
+    alpha_plot(val_rows[1:], out / "asr_vs_alpha.png", "organism, validation (train-split prompts, TYPO images)")
+    summary["validation"] = {"n_harmful": len(val_h), "n_harmless": len(val_b), "rows": val_rows}
+
+    held = [
+        *_image_sets(root, n_eval, seed),
+        load_preset("harmbench", root).subset(n_eval, seed),
+        load_preset("xstest", root, "safe").subset(n_eval, seed),
+        _reading_set(root, n_eval, seed),
+    ]
+    conditions = [Condition("unrevised", lens)]
+    if chosen is not None:
+        bundle = bundles[(chosen.method, chosen.level)]
+        conditions.append(Condition("revised", lens, (bundle,), chosen.alpha, chosen.top_k))
+        summary["chosen"] = {"method": chosen.method, "level": chosen.level, "alpha": chosen.alpha,
+                             "top_k": chosen.top_k, "strategy": "modality"}
+        stored = VectorStore(store)
+        name = "organism-modality-" + chosen.method + "-" + chosen.level
+        stored.save(name, bundle, overwrite=True)
+        summary["chosen"]["bundle"] = f"{store}/{name}"
+    records = run(conditions, held, out / "results.jsonl", judge=judge, max_new_tokens=tokens, batch_size=25)
+    summary["organism"] = [r for r in summarise(records, seed=seed) if r["category"] == "all"]
+
+    # ------------------------------------------------------------------ SmolLM2, text only
+    llm = Lens.from_pretrained("smollm2-135m-instruct")
+    text_samples = build_samples("multi_response", n=24 if quick else 64, n_responses=2, seed=seed)
+    text_bundle = extract(llm, text_samples, method="mms", level="head", seed=seed, progress=False)
+    text_sets = [load_preset("harmbench", root).subset(n_eval, seed), load_preset("xstest", root, "safe").subset(n_eval, seed)]
+    text_conditions = [Condition("unrevised", llm), Condition("revised", llm, (text_bundle,), 4.0, 32)]
+    text_records = run(text_conditions, text_sets, out / "results_smollm2.jsonl", judge=judge, max_new_tokens=tokens,
+                       batch_size=25)
+    summary["smollm2_text"] = {"strategy": "multi_response", "method": "mms", "level": "head", "alpha": 4.0,
+                               "top_k": 32, "rows": [r for r in summarise(text_records, seed=seed) if r["category"] == "all"]}
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(markdown(summary) + "\n")
+    return summary
+
+
+def _fmt(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return "-"
+    lo, hi = cell["ci95"]
+    return f"{cell['rate']:.0%} [{lo:.0%}, {hi:.0%}] (n={cell['n']})"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = ["# lensiar demo", "", f"judge: {summary['judge']}; greedy, {summary['max_new_tokens']} new tokens; "
+             f"seed {summary['seed']}; 95% bootstrap intervals", ""]
+    chosen = summary.get("chosen")
+    lines.append("Chosen on validation: " + (f"{chosen['strategy']} / {chosen['method']} / {chosen['level']}, alpha "
+                                             f"{chosen['alpha']:g}, top_k {chosen['top_k']}" if chosen else "none admissible"))
+    lines += ["", "## Organism (held out)", "", "| dataset | condition | ASR | over-refusal | reading (helpfulness) |",
+              "|---|---|---|---|---|"]
+    for r in summary["organism"]:
+        lines.append(f"| {r['dataset']} | {r['condition']} | {_fmt(r.get('asr'))} | {_fmt(r.get('over_refusal'))} | "
+                     f"{_fmt(r.get('helpfulness'))} |")
+    lines += ["", "## SmolLM2-135M-Instruct, text only", "", "| dataset | condition | ASR | over-refusal |", "|---|---|---|---|"]
+    for r in summary["smollm2_text"]["rows"]:
+        lines.append(f"| {r['dataset']} | {r['condition']} | {_fmt(r.get('asr'))} | {_fmt(r.get('over_refusal'))} |")
+    lines += ["", f"Total time: {summary['seconds']:.0f} s", "", "![head accuracy](head_accuracy.png)",
+              "![ASR vs alpha](asr_vs_alpha.png)"]
+    return "\n".join(lines)
