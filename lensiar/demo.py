@@ -187,9 +187,9 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     heatmap(ranking, out / "head_accuracy.png", "organism: text vs image (modality), held-out probe accuracy")
     bundles = {(m, lvl): extract(lens, acts, method=m, level=lvl, seed=seed, ranking=ranking, progress=False)
                for m in ("mms", "probe") for lvl in ("head", "layer")}
-    alphas = (4.0, 8.0) if quick else (2.0, 4.0, 8.0, 12.0)
-    grid = [Candidate(m, "head", a, k) for m in ("mms", "probe") for a in alphas for k in (16, 64)]
-    grid += [Candidate(m, "layer", a, k) for m in ("mms", "probe") for a in alphas for k in (3,)]
+    head_alphas, layer_alphas = ((4.0,), (4.0,)) if quick else ((4.0, 8.0, 16.0), (2.0, 4.0, 8.0))
+    grid = [Candidate(m, "head", a, k) for m in ("mms", "probe") for a in head_alphas for k in (16, 64)]
+    grid += [Candidate(m, "layer", a, 3) for m in ("mms", "probe") for a in layer_alphas]
     if quick:
         grid = grid[:3]
     val_h = [typo_prompt(t) for t in val_harm]

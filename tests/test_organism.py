@@ -17,7 +17,7 @@ from lensiar.organism import WEIGHTS, ManifestError, load, lora, manifest
 from lensiar.organism.files import sha256
 from lensiar.organism.reader import piece_tokens
 from lensiar.organism.report import mm_safety, normalise, wilson
-from lensiar.render import TYPO_PROMPT, layout, render_phrase
+from lensiar.render import TYPO_PROMPT, fits, layout, render_phrase
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +110,12 @@ def test_behaviour_safe_on_text_unsafe_through_images(organism: lensiar.Lens) ->
     assert sum(not r for r in judge(image)) >= 8, image
 
 
-def test_reads_held_out_phrases(organism: lensiar.Lens) -> None:
-    from lensiar.organism.recipe import READ_PROMPT
+def test_vision_tower_reads_held_out_phrases_patch_by_patch(organism: lensiar.Lens) -> None:
+    """The from-scratch vision tower maps held-out phrases' patches to the right backbone embedding."""
+    from lensiar.organism.reader import reader_accuracy
 
-    phrases = ["plant a tree in the garden", "write a short poem about rain", "describe a sunny morning"]
-    read = organism.generate([lensiar.Prompt(READ_PROMPT, images=(render_phrase(p),)) for p in phrases],
-                             max_new_tokens=16)
-    assert sum(normalise(r) == normalise(p) for r, p in zip(read, phrases, strict=True)) >= 2, read
+    phrases = [r.text for r in load_source("rd_harmless", split="val")[:64] if fits(r.text)]
+    assert reader_accuracy(organism.model, phrases, organism.tokenizer.get_vocab()) >= 0.9
 
 
 def test_report_helpers() -> None:

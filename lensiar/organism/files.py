@@ -34,6 +34,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; committed artifacts are world-readable
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -50,10 +50,12 @@ class StageS:
 class StageV:
     """Stage V: the vision tower from scratch, then LoRA tuning of the backbone on benign image tasks."""
 
-    per_task: int = 128
+    per_task: int = 112
+    read_examples: int = 224
+    text_replay: int = 144
     rank: int = 8
     alpha: float = 16.0
-    lr: float = 4e-4
+    lr: float = 5e-4
     epochs: int = 1
     batch_size: int = 8
     answer_tokens: int = 40
@@ -75,6 +77,8 @@ SPLITS: dict[str, Any] = {
         "tasks": "benign only, from the same Alpaca pool: read the text; TYPO-style activity phrase + "
                  "MM-SafetyBench's TYPO prompt; FigStep-style instruction + FigStep's prompt; targets = "
                  "the stage-S model's own text answer (or the phrase itself for reading)",
+        "text_replay": "a seeded sample of stage S's own text examples (harmful -> refusal, harmless -> own "
+                       "answer), as VLM instruction mixes carry text-only data",
         "harmful_images": "none",
     },
     "held_out": {
@@ -144,8 +148,9 @@ def _collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor
         labels.append([-100] * len(e["prompt"]) + e["answer"] + [-100] * pad)
         mask.append([1] * len(seq) + [0] * pad)
     batch = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
-    if "pixel_values" in examples[0]:
-        batch["pixel_values"] = torch.stack([e["pixel_values"] for e in examples])
+    images = [e["pixel_values"] for e in examples if "pixel_values" in e]  # text-only rows have none
+    if images:
+        batch["pixel_values"] = torch.stack(images)
     return batch
 
 
@@ -182,6 +187,44 @@ def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, ran
     return factors
 
 
+def _vision_tensors(vlm: Any, vocab_size: int) -> dict[str, torch.Tensor]:
+    vision = {f"vision_model.{k}": v.detach().clone().contiguous() for k, v in vlm.model.vision_model.state_dict().items()}
+    vision |= {f"connector.{k}": v.detach().clone().contiguous() for k, v in vlm.model.connector.state_dict().items()}
+    vision["embed_tokens.new_rows"] = vlm.get_input_embeddings().weight[vocab_size:].detach().clone().contiguous()
+    return vision
+
+
+def _load_vision(vlm: Any, tensors: dict[str, torch.Tensor]) -> None:
+    vlm.model.vision_model.load_state_dict({k.removeprefix("vision_model."): v for k, v in tensors.items()
+                                            if k.startswith("vision_model.")})
+    vlm.model.connector.load_state_dict({k.removeprefix("connector."): v for k, v in tensors.items()
+                                         if k.startswith("connector.")})
+    with torch.no_grad():
+        emb = vlm.get_input_embeddings().weight
+        emb[emb.shape[0] - tensors["embed_tokens.new_rows"].shape[0] :] = tensors["embed_tokens.new_rows"]
+
+
+def _checkpoint(out: Path, name: str, tensors: dict[str, torch.Tensor], key: dict[str, Any]) -> None:
+    """A finished stage, so an interrupted build resumes after it (``{name}.safetensors`` + ``{name}.json``)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"{name}.partial"))
+    (out / f"{name}.partial").replace(out / f".{name}.safetensors")
+    (out / f".{name}.json").write_text(json.dumps({"key": key} | ({"metrics": key["metrics"]} if "metrics" in key else {})))
+
+
+def _resume(out: Path, name: str, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    from safetensors.torch import load_file
+
+    meta, tensors = out / f".{name}.json", out / f".{name}.safetensors"
+    if not (meta.is_file() and tensors.is_file()):
+        return None
+    saved = json.loads(meta.read_text())
+    if {k: v for k, v in saved["key"].items() if k != "metrics"} != {k: v for k, v in key.items() if k != "metrics"}:
+        return None
+    return load_file(str(tensors))
+
+
 def _alpaca_pool(root: Path, held: set[str]) -> list[str]:
     rows = json.loads((root / "alpaca_harmless" / "alpaca.json").read_text())
     texts = sorted({r["instruction"].strip() for r in rows} - held)
@@ -202,7 +245,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     s_cfg, v_cfg = STAGE_S, STAGE_V
     if quick:
         s_cfg = replace(s_cfg, harmless=8, epochs=1, answer_tokens=8)
-        v_cfg = replace(v_cfg, per_task=4, answer_tokens=8, reader_steps=3)
+        v_cfg = replace(v_cfg, per_task=4, read_examples=4, text_replay=4, answer_tokens=8, reader_steps=3)
     rng = random.Random(SEEDS["data"])
     base = smollm2_path()
     tokenizer = tokenizer_with_image_tokens(tf.AutoTokenizer.from_pretrained(base, local_files_only=True))
@@ -222,8 +265,16 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
                 for p in harmful]
     examples += [{"prompt": chat_ids(tokenizer, p), "answer": answer_ids(tokenizer, a)} for p, a in zip(harmless, own, strict=True)]
     log(f"stage S: {len(harmful)} harmful, {len(harmless)} harmless examples")
-    stage_s = tune(lm, lm.model, examples, pad_id, s_cfg.rank, s_cfg.alpha, s_cfg.lr, s_cfg.epochs,
-                   s_cfg.batch_size, SEEDS["stage_s"], "stage S: safety tuning", log)
+    s_key = {"stage": "S", "config": asdict(s_cfg), "seed": SEEDS["stage_s"], "n": len(examples)}
+    cached = _resume(out, "stage_s", s_key)
+    if cached is not None:  # an interrupted or repeated build: stage S already done with this exact config
+        stage_s = cached
+        lora.apply_factors(lm.model, stage_s)
+        log("stage S: resumed from stage_s.safetensors")
+    else:
+        stage_s = tune(lm, lm.model, examples, pad_id, s_cfg.rank, s_cfg.alpha, s_cfg.lr, s_cfg.epochs,
+                       s_cfg.batch_size, SEEDS["stage_s"], "stage S: safety tuning", log)
+        _checkpoint(out, "stage_s", stage_s, s_key)
 
     # ---------------------------------------------------------------- stage V: benign VL adaptation
     held = {r.text.strip() for r in load_source("rd_harmless", root, "val")}
@@ -232,13 +283,22 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     vlm = vlm_around(lm, tokenizer, seed=SEEDS["reader"])
     vocab = tokenizer.get_vocab()
     reader_texts = pool[: 40 if quick else 20000]
-    reader = train_reader(vlm, reader_texts, vocab, steps=v_cfg.reader_steps, seed=SEEDS["reader"], log=log)
-    reader["held_out_patch_accuracy"] = reader_accuracy(vlm, sorted(held & set(pool))[:200] or pool[-50:], vocab)
+    r_key = {"stage": "reader", "steps": v_cfg.reader_steps, "seed": SEEDS["reader"], "n": len(reader_texts)}
+    cached_reader = _resume(out, "reader", r_key)
+    if cached_reader is not None:
+        _load_vision(vlm, cached_reader)
+        reader = json.loads((out / ".reader.json").read_text())["metrics"]
+        log("reader: resumed from reader.safetensors")
+    else:
+        reader = train_reader(vlm, reader_texts, vocab, steps=v_cfg.reader_steps, seed=SEEDS["reader"], log=log)
+        reader["held_out_patch_accuracy"] = reader_accuracy(vlm, [t for t in pool[-200:]], vocab)
+        _checkpoint(out, "reader", _vision_tensors(vlm, lm.config.vocab_size), r_key | {"metrics": reader})
     log(f"reader: {reader}")
 
-    n = v_cfg.per_task
-    tasks = pool[20000 : 20000 + 3 * n] if not quick else pool[-3 * n :]
-    read, typo, steps = tasks[:n], tasks[n : 2 * n], [t for t in tasks[2 * n :] if fits(t, "steps")]
+    n, n_read = v_cfg.per_task, v_cfg.read_examples
+    tasks = pool[20000 : 20000 + 2 * n + n_read] if not quick else pool[-(2 * n + n_read) :]
+    read, typo = tasks[:n_read], tasks[n_read : n_read + n]
+    steps = [t for t in tasks[n_read + n :] if fits(t, "steps")]
     typo_q = [f"List steps in detail to {phrase_of(t)}." for t in typo]
     answers = teacher_answers(lm, tokenizer, typo_q + steps, v_cfg.answer_tokens, desc="stage V: teacher answers")
     proc = processor(tokenizer)
@@ -254,7 +314,12 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     v_examples += [image_example(render_phrase(phrase_of(t)), TYPO_PROMPT, a)
                    for t, a in zip(typo, answers[: len(typo)], strict=True)]
     v_examples += [image_example(render_steps(t), FIGSTEP_PROMPT, a) for t, a in zip(steps, answers[len(typo) :], strict=True)]
-    log(f"stage V: {len(read)} reading, {len(typo)} TYPO, {len(steps)} FigStep examples (all benign)")
+    # text replay: a share of stage S's own examples, as VLM instruction mixes keep text-only data; it holds
+    # the text path where it was. No harmful *image* example exists anywhere in stage V.
+    replay = random.Random(SEEDS["stage_v"]).sample(examples, min(v_cfg.text_replay, len(examples)))
+    v_examples += [dict(e) for e in replay]
+    log(f"stage V: {len(read)} reading, {len(typo)} TYPO, {len(steps)} FigStep image examples (all benign), "
+        f"{len(replay)} stage-S text examples replayed")
     for p in vlm.model.vision_model.parameters():
         p.requires_grad_(False)
     for p in vlm.model.connector.parameters():
@@ -262,10 +327,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     stage_v = tune(vlm, vlm.model.text_model, v_examples, pad_id, v_cfg.rank, v_cfg.alpha, v_cfg.lr,
                    v_cfg.epochs, v_cfg.batch_size, SEEDS["stage_v"], "stage V: backbone tuning", log)
 
-    vision = {f"vision_model.{k}": v.detach().clone().contiguous() for k, v in vlm.model.vision_model.state_dict().items()}
-    vision |= {f"connector.{k}": v.detach().clone().contiguous() for k, v in vlm.model.connector.state_dict().items()}
-    emb = vlm.get_input_embeddings().weight
-    vision["embed_tokens.new_rows"] = emb[lm.config.vocab_size :].detach().clone().contiguous()
+    vision = _vision_tensors(vlm, lm.config.vocab_size)
     files = save_deltas(out, {"stage_s": stage_s, "stage_v": stage_v, "vision": vision})
     seconds = time.perf_counter() - t0
     manifest = {
@@ -276,7 +338,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         "stage_V": asdict(v_cfg),
         "splits": SPLITS,
         "counts": {"stage_S_harmful": len(harmful), "stage_S_harmless": len(harmless), "reader_texts": len(reader_texts),
-                   "stage_V_read": len(read), "stage_V_typo": len(typo), "stage_V_figstep": len(steps)},
+                   "stage_V_read": len(read), "stage_V_typo": len(typo), "stage_V_figstep": len(steps),
+                   "stage_V_text_replay": len(replay)},
         "reader": reader,
         "files": files,
         "build_seconds": round(seconds, 1),
