@@ -24,7 +24,7 @@ from lensiar.evaluate import Condition, run, summarise
 from lensiar.features import SampleActivations, sample_activations
 from lensiar.judges import KeywordJudge
 from lensiar.lens import Lens
-from lensiar.probes import ProbeResult, probe_heads
+from lensiar.probes import Gate, ProbeResult, probe_heads
 from lensiar.prompt import Prompt
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 from lensiar.samples import build_samples
@@ -37,10 +37,11 @@ class Candidate:
     level: str
     alpha: float
     top_k: int
+    gated: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.method}/{self.level}/alpha={self.alpha:g}/top_k={self.top_k}"
+        return f"{self.method}/{self.level}/alpha={self.alpha:g}/top_k={self.top_k}" + ("/gated" if self.gated else "")
 
 
 def phrase_of(text: str) -> str:
@@ -81,7 +82,7 @@ def alpha_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     series: dict[str, list[tuple[float, float, float]]] = {}
     for r in rows:
-        key = f"{r['method']}/{r['level']}/top_k={r['top_k']}"
+        key = f"{r['method']}/{r['level']}/top_k={r['top_k']}" + ("/gated" if r.get("gated") else "")
         series.setdefault(key, []).append((r["alpha"], r["asr"], r["over_refusal"]))
     for key, pts in sorted(series.items()):
         pts.sort()
@@ -108,23 +109,25 @@ def _rates(lens: Lens, harmful: Sequence[Prompt], harmless: Sequence[Prompt], ju
 
 def choose(lens: Lens, bundles: dict[tuple[str, str], RevisionBundle], grid: Sequence[Candidate],
            val_harmful: Sequence[Prompt], val_harmless: Sequence[Prompt], judge: KeywordJudge, tokens: int,
-           max_over_refusal_rise: float, log: Callable[[str], None]) -> tuple[Candidate | None, list[dict[str, Any]]]:
+           max_over_refusal_rise: float, log: Callable[[str], None], gate: Gate | None = None
+           ) -> tuple[Candidate | None, list[dict[str, Any]]]:
     """Grid search on the validation prompts: the largest ASR drop whose over-refusal rise stays within bounds."""
     base_asr, base_over = _rates(lens, val_harmful, val_harmless, judge, tokens)
     log(f"validation, unrevised: ASR {base_asr:.2f}, over-refusal {base_over:.2f}")
     rows: list[dict[str, Any]] = []
     best: tuple[float, Candidate] | None = None
     for cand in grid:
-        with lens.revise(bundles[(cand.method, cand.level)], alpha=cand.alpha, top_k=cand.top_k):
+        with lens.revise(bundles[(cand.method, cand.level)], alpha=cand.alpha, top_k=cand.top_k,
+                         gate=gate if cand.gated and gate is not None else False):
             asr, over = _rates(lens, val_harmful, val_harmless, judge, tokens)
         ok = over - base_over <= max_over_refusal_rise
         rows.append({"method": cand.method, "level": cand.level, "alpha": cand.alpha, "top_k": cand.top_k,
-                     "asr": asr, "over_refusal": over, "admissible": ok})
+                     "gated": cand.gated, "asr": asr, "over_refusal": over, "admissible": ok})
         log(f"validation {cand.label}: ASR {asr:.2f}, over-refusal {over:.2f}{'' if ok else ' (over-refusal too high)'}")
         score = base_asr - asr
         if ok and (best is None or score > best[0]):
             best = (score, cand)
-    rows.insert(0, {"method": "none", "level": "-", "alpha": 0.0, "top_k": 0, "asr": base_asr,
+    rows.insert(0, {"method": "none", "level": "-", "alpha": 0.0, "top_k": 0, "gated": False, "asr": base_asr,
                     "over_refusal": base_over, "admissible": True})
     return (best[1] if best else None), rows
 
@@ -187,14 +190,20 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     heatmap(ranking, out / "head_accuracy.png", "organism: text vs image (modality), held-out probe accuracy")
     bundles = {(m, lvl): extract(lens, acts, method=m, level=lvl, seed=seed, ranking=ranking, progress=False)
                for m in ("mms", "probe") for lvl in ("head", "layer")}
-    head_alphas, layer_alphas = ((4.0,), (4.0,)) if quick else ((4.0, 8.0, 16.0), (2.0, 4.0, 8.0))
-    grid = [Candidate(m, "head", a, k) for m in ("mms", "probe") for a in head_alphas for k in (16, 64)]
-    grid += [Candidate(m, "layer", a, 3) for m in ("mms", "probe") for a in layer_alphas]
+    # conditional revision: a gate from a harmful-vs-harmless probe on image prompts (train split)
+    gate_samples = build_samples("query", harmful=[typo_prompt(t) for t in train_harm],
+                                 harmless=[typo_prompt(t) for t in benign[n_val:]], n=24 if quick else 96, seed=seed)
+    gate = probe_heads(lens, gate_samples, seed=seed, progress=False).gate()
+    alphas = (2.0,) if quick else (1.0, 2.0, 4.0)
+    grid = [Candidate(m, lvl, a, 32 if lvl == "head" else 3) for m in ("mms", "probe") for lvl in ("head", "layer")
+            for a in alphas]
+    grid += [Candidate(m, "head", a, 32, gated=True) for m in ("mms", "probe") for a in ((4.0,) if quick else (4.0, 8.0))]
     if quick:
-        grid = grid[:3]
+        grid = grid[:2] + grid[-1:]
     val_h = [typo_prompt(t) for t in val_harm]
     val_b = [typo_prompt(t) for t in val_benign]
-    chosen, val_rows = choose(lens, bundles, grid, val_h, val_b, judge, 16, 0.10, log)
+    chosen, val_rows = choose(lens, bundles, grid, val_h, val_b, judge, 16, 0.10, log, gate)
+    summary["gate"] = {"layer": gate.layer, "strategy": "query (TYPO images, train split)"}
     alpha_plot(val_rows[1:], out / "asr_vs_alpha.png", "organism, validation (train-split prompts, TYPO images)")
     summary["validation"] = {"n_harmful": len(val_h), "n_harmless": len(val_b), "rows": val_rows}
 
@@ -207,9 +216,10 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     conditions = [Condition("unrevised", lens)]
     if chosen is not None:
         bundle = bundles[(chosen.method, chosen.level)]
-        conditions.append(Condition("revised", lens, (bundle,), chosen.alpha, chosen.top_k))
+        conditions.append(Condition("revised", lens, (bundle,), chosen.alpha, chosen.top_k,
+                                    gate if chosen.gated else False))
         summary["chosen"] = {"method": chosen.method, "level": chosen.level, "alpha": chosen.alpha,
-                             "top_k": chosen.top_k, "strategy": "modality"}
+                             "top_k": chosen.top_k, "gated": chosen.gated, "strategy": "modality"}
         stored = VectorStore(store)
         name = "organism-modality-" + chosen.method + "-" + chosen.level
         stored.save(name, bundle, overwrite=True)
@@ -245,7 +255,8 @@ def markdown(summary: dict[str, Any]) -> str:
              f"seed {summary['seed']}; 95% bootstrap intervals", ""]
     chosen = summary.get("chosen")
     lines.append("Chosen on validation: " + (f"{chosen['strategy']} / {chosen['method']} / {chosen['level']}, alpha "
-                                             f"{chosen['alpha']:g}, top_k {chosen['top_k']}" if chosen else "none admissible"))
+                                             f"{chosen['alpha']:g}, top_k {chosen['top_k']}"
+                                             + (", gated" if chosen.get("gated") else "") if chosen else "none admissible"))
     lines += ["", "## Organism (held out)", "", "| dataset | condition | ASR | over-refusal | reading (helpfulness) |",
               "|---|---|---|---|---|"]
     for r in summary["organism"]:

@@ -41,6 +41,13 @@ def _fit_chunk(
     # rewritten so the objective stays the one asked for: lam * (S / s_j)^2 on the scalar-scaled
     # features (scaled=True), lam / s_j^2 on the raw ones. The intercept is not penalised.
     s_dim = var.sqrt().clamp_min(1e-6 * scale)
+    # groups constant to float32 precision carry no signal (their spread is rounding noise); fit them on
+    # zeros so the Newton system stays well posed, and predict the prior for them below
+    flat = scale.reshape(-1) <= 1e-5 * mu.abs().amax(-1).reshape(-1)
+    if flat.any():
+        s_dim[flat] = 1.0
+        scale = torch.where(flat.view(g, 1, 1), torch.ones_like(scale), scale)
+        xs[flat] = 0.0
     xs.div_(s_dim)  # [g, n, d]
     xs_t = xs.transpose(1, 2)
     ref = scale if scaled else torch.ones_like(scale)
@@ -67,7 +74,15 @@ def _fit_chunk(
         hwb = both[:, :, 1:]
         hbb = weight.sum(1, keepdim=True) + 1e-10
         hess = torch.cat([torch.cat([hww, hwb], 2), torch.cat([hwb.transpose(1, 2), hbb], 2)], 1)
-        step = torch.linalg.solve(hess, grad)  # [g, d+1, 1]
+        # the Hessian is symmetric positive definite (penalised); Cholesky is cheaper and sturdier than LU
+        chol, info = torch.linalg.cholesky_ex(hess)
+        bad = info != 0
+        if bad.any():  # numerically indefinite: add a ridge to those groups only
+            ridge = torch.eye(d + 1, dtype=hess.dtype) * hess.diagonal(dim1=1, dim2=2).mean(1).view(g, 1, 1) * 1e-6
+            chol2, _ = torch.linalg.cholesky_ex(hess + ridge)
+            chol = torch.where(bad.view(g, 1, 1), chol2, chol)
+        step = torch.cholesky_solve(grad, chol)  # [g, d+1, 1]
+        step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))
         t = ones.clone()
         # full Newton steps; halve the step of any group whose objective would rise (rarely needed)
         for _halving in range(8):
@@ -86,7 +101,6 @@ def _fit_chunk(
     w_raw = w.squeeze(2) / s_dim.squeeze(1).double()
     b_raw = b.view(g) - (w_raw * mu.squeeze(1).double()).sum(1)
     # a group whose features are constant to float32 precision carries no signal: predict the prior
-    flat = scale.reshape(-1) <= 1e-5 * mu.abs().amax(-1).reshape(-1)
     w_raw[flat] = 0.0
     b_raw[flat] = torch.logit(y.mean().clamp(1e-6, 1 - 1e-6))
     return w_raw.float(), b_raw.float()

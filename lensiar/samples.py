@@ -157,11 +157,13 @@ def build_samples(
     if strategy == "query":
         benign = _as_records(harmless, "harmless") if harmless is not None else load_source("rd_harmless", data_dir)
         sources["harmless"] = "given" if harmless is not None else "refusal_direction_splits/harmless_train.json"
+        given_benign = {r.id: p for r, p in zip(benign, harmless or [], strict=False) if isinstance(p, Prompt)}
         benign = _pick(benign, len(order), rng)
         for k, i in enumerate(order):
             samples.append(Sample(harm[i].id, prompt_of(i), 1, f"pair{k}"))
-        for k, rec in enumerate(benign):
-            samples.append(Sample(rec.id, Prompt(rec.text, system=system), 0, f"pair{k}" if k < len(order) else rec.id))
+        for k, rec in enumerate(benign):  # a given Prompt (e.g. with an image) is kept as it is
+            prompt = given_benign.get(rec.id) or Prompt(rec.text, system=system)
+            samples.append(Sample(rec.id, prompt, 0, f"pair{k}" if k < len(order) else rec.id))
     elif strategy in ("single_response", "multi_response"):
         pool = list(refusals) if refusals is not None else [r.text for r in load_source("vlguard_refusal", data_dir)]
         sources["refusals"] = "given" if refusals is not None else "vlguard/train.json (generic refusal openings)"
