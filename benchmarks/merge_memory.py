@@ -1,8 +1,9 @@
 """Peak memory of streaming merge on a sharded checkpoint, against the largest tensor.
 
 Saves the organism VLM in 64 MB shards, then merges it (task arithmetic) with the stage-S and base
-backbones in a fresh process. The child reports its peak resident memory (``ru_maxrss``) before and
-after the merge; the increase is compared with the largest tensor's size (goal: <= 1.2x).
+backbones in a fresh process. The child resets its peak resident memory (Linux ``clear_refs``) after
+imports, merges, and reports the peak (``VmHWM``) minus the resident memory before the merge; the
+increase is compared with the largest tensor's size (goal: <= 1.2x).
 
     python benchmarks/merge_memory.py
 """
@@ -20,12 +21,16 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CHILD = """
-import json, resource, sys
+import json, sys
 from lensiar.merge import merge
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+before = status("VmRSS:")
 merge(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], 0.5, "task_arithmetic", progress=False)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"before_kib": before, "after_kib": after}))
+print(json.dumps({"before_kib": before, "after_kib": status("VmHWM:")}))
 """
 
 

@@ -1,4 +1,5 @@
-"""``lensiar demo --quick``: the whole pipeline end to end at tiny counts, and the report folder it writes."""
+"""``lensiar demo --quick`` end to end at tiny counts, checking the report folder it writes (a slow smoke, so it
+lives in benchmarks/, not in the test suite). Run: ``python -m pytest benchmarks/demo_smoke.py``."""
 
 from __future__ import annotations
 
