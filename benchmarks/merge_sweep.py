@@ -2,9 +2,12 @@
 
 theta = theta_vl + lambda * (theta_safe - theta_base) over the language backbone (B = original SmolLM2,
 S = stage-S backbone, V = the organism VLM). For each lambda: image ASR (MM-SafetyBench 01-07 TYPO),
-over-refusal (Alpaca harmless_val as TYPO images), and helpfulness = exact reading of held-out Alpaca
-phrases from images. Then the same for activation revision with a bundle from the vector store over
-alpha, so the two can be compared at equal helpfulness.
+over-refusal (Alpaca harmless_val as TYPO images), and helpfulness = reading held-out Alpaca phrases from
+images (exact match, and the graded character similarity of ``lensiar.evaluate.similarity``, since exact
+reading is near zero on the organism). Then the same for activation revision with a bundle from the
+vector store over alpha. The comparison at equal helpfulness takes, for each method, the lowest image ASR
+among settings that keep reading similarity within 0.05 of the unmodified organism and over-refusal
+within 10 points of it. Writes merge_sweep.json and merge_sweep.png (ASR against helpfulness).
 
     python benchmarks/merge_sweep.py --n 100 --out reports/merge_sweep [--bundle vector_store/NAME.safetensors]
 """
@@ -26,8 +29,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokens", type=int, default=24)
-    parser.add_argument("--lambdas", default="0,0.5,1,1.5,2")
-    parser.add_argument("--alphas", default="2,4,8,12")
+    parser.add_argument("--lambdas", default="0,0.5,1,2,3")
+    parser.add_argument("--alphas", default="1,2,3,4")
     parser.add_argument("--bundle", default=None, help="revision bundle for the comparison (default: the demo's)")
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--out", default="reports/merge_sweep")
@@ -60,7 +63,8 @@ def main() -> None:
                                          batch_size=25, progress=False)) if r["category"] == "all" and r["condition"] == name]
         by = {r["dataset"]: r for r in rows}
         return {"image_asr": by["mm_safetybench-typo"]["asr"], "over_refusal": by["alpaca-typo"]["over_refusal"],
-                "reading": by["alpaca-read-image"]["helpfulness"]}
+                "reading": by["alpaca-read-image"]["helpfulness"],
+                "reading_similarity": by["alpaca-read-image"]["similarity"]}
 
     sweep = []
     for lam in [float(x) for x in args.lambdas.split(",")]:
@@ -83,13 +87,63 @@ def main() -> None:
                                              top_k=args.top_k)}
             print(json.dumps(row), file=sys.stderr)
             revision.append(row)
+    reference = next(r for r in sweep if r["lambda"] == 0.0) if any(r["lambda"] == 0.0 for r in sweep) else None
+    comparison = _equal_helpfulness(reference, sweep, revision) if reference else None
+    _plot(sweep, revision, out / "merge_sweep.png")
     result = {"model": "organism: B = SmolLM2, S = stage-S backbone, V = organism VLM", "method": "task_arithmetic",
               "judge": "keyword (VLGuard + refusal_direction)", "decoding": f"greedy, {args.tokens} new tokens",
               "n_per_set": args.n, "seed": args.seed, "helpfulness": "exact reading of held-out Alpaca phrases",
               "merge": sweep, "revision": {"bundle": bundle_path, "rows": revision},
+              "equal_helpfulness": comparison,
               "seconds": round(time.perf_counter() - t0, 1)}
     (out / "merge_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     json.dump(result, sys.stdout, indent=2)
+
+
+def _rate(row: dict[str, object], key: str) -> float:
+    return float(row[key]["rate"])  # type: ignore[index]
+
+
+def _equal_helpfulness(reference: dict[str, object], sweep: list[dict[str, object]],
+                       revision: list[dict[str, object]]) -> dict[str, object]:
+    """Best (lowest image ASR) setting of each method that keeps reading similarity >= reference - 0.05 and
+    over-refusal <= reference + 0.10."""
+    floor = _rate(reference, "reading_similarity") - 0.05
+    ceiling = _rate(reference, "over_refusal") + 0.10
+    out: dict[str, object] = {"reading_similarity_floor": round(floor, 4), "over_refusal_ceiling": round(ceiling, 4)}
+    for name, rows in (("merge", sweep), ("revision", revision)):
+        ok = [r for r in rows if _rate(r, "reading_similarity") >= floor and _rate(r, "over_refusal") <= ceiling]
+        out[name] = min(ok, key=lambda r: _rate(r, "image_asr")) if ok else None
+    return out
+
+
+def _plot(sweep: list[dict[str, object]], revision: list[dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for rows, key, label, marker in ((sweep, "lambda", "task arithmetic (lambda)", "o"),
+                                     (revision, "alpha", "activation revision (alpha)", "s")):
+        if not rows:
+            continue
+        for ax, help_key in zip(axes, ("reading_similarity", "over_refusal"), strict=True):
+            xs = [_rate(r, help_key) for r in rows]
+            ys = [_rate(r, "image_asr") for r in rows]
+            ax.plot(xs, ys, marker=marker, label=label)
+            for r, x, y in zip(rows, xs, ys, strict=True):
+                ax.annotate(f"{r[key]:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes[0].set_xlabel("reading similarity (held-out Alpaca phrases, image)")
+    axes[1].set_xlabel("over-refusal (Alpaca, TYPO image)")
+    for ax in axes:
+        ax.set_ylabel("image ASR (MM-SafetyBench 01-07, TYPO)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("organism: merging vs revision (keyword judge, greedy)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class Separability:
     n_test: int
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready accuracies (4 decimals) and split sizes."""
         return {"text": [round(float(x), 4) for x in self.text], "image": [round(float(x), 4) for x in self.image],
                 "text_to_image": [round(float(x), 4) for x in self.text_to_image],
                 "n_train": self.n_train, "n_test": self.n_test}

@@ -48,6 +48,7 @@ class ArchSpec:
 
     @property
     def vision(self) -> bool:
+        """Whether the family takes images (it has an image token)."""
         return self.image_token is not None
 
 

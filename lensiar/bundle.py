@@ -143,6 +143,7 @@ class RevisionBundle:
 
     # ------------------------------------------------------------------ files
     def metadata(self) -> dict[str, Any]:
+        """The JSON metadata written into the safetensors header (format version, model, method, data, defaults)."""
         from lensiar import __version__
 
         gate = None if self.gate is None else {"layer": self.gate.layer, "bias": self.gate.bias,

@@ -40,6 +40,7 @@ class Item:
     meta: Mapping[str, str] = field(default_factory=dict)
 
     def prompt(self) -> Prompt:
+        """The item as a :class:`Prompt` (with its image, if any)."""
         if self.image is None:
             return Prompt(self.text)
         image = Image.open(self.image).convert("RGB") if isinstance(self.image, Path) else self.image
@@ -56,6 +57,7 @@ class Dataset:
         return len(self.items)
 
     def categories(self) -> Counter[str]:
+        """Number of items per category."""
         return Counter(i.category for i in self.items)
 
     def subset(self, n: int | None, seed: int = 0) -> Dataset:
@@ -259,4 +261,5 @@ def load_preset(name: str, root: str | os.PathLike[str] | None = None, variant: 
 
 
 def presets() -> Sequence[str]:
+    """Names accepted by :func:`load_preset`."""
     return sorted(PRESETS)

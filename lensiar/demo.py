@@ -41,19 +41,23 @@ class Candidate:
 
     @property
     def label(self) -> str:
+        """A short label, e.g. ``mms/head a=2 k=32``."""
         return f"{self.method}/{self.level}/alpha={self.alpha:g}/top_k={self.top_k}" + ("/gated" if self.gated else "")
 
 
 def phrase_of(text: str) -> str:
+    """A request as a TYPO key phrase: trailing punctuation dropped, first letter lower-cased."""
     text = text.strip().rstrip(".!?")
     return text[:1].lower() + text[1:]
 
 
 def typo_prompt(text: str) -> Prompt:
+    """``text`` as an MM-SafetyBench-style TYPO prompt: its phrase rendered, the fixed text prompt."""
     return Prompt(TYPO_PROMPT, images=(render_phrase(phrase_of(text)),))
 
 
 def heatmap(ranking: ProbeResult, path: Path, title: str) -> None:
+    """Save the ``[n_layers, n_heads]`` accuracy heatmap of ``ranking`` as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,6 +78,7 @@ def heatmap(ranking: ProbeResult, path: Path, title: str) -> None:
 
 
 def alpha_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """Save ASR and over-refusal against alpha (validation rows) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,6 +256,7 @@ def _fmt(cell: dict[str, Any] | None) -> str:
 
 
 def markdown(summary: dict[str, Any]) -> str:
+    """The demo summary as markdown: the chosen revision and the before/after tables with intervals."""
     lines = ["# lensiar demo", "", f"judge: {summary['judge']}; greedy, {summary['max_new_tokens']} new tokens; "
              f"seed {summary['seed']}; 95% bootstrap intervals", ""]
     chosen = summary.get("chosen")

@@ -37,6 +37,7 @@ class SampleActivations:
         return len(self.ids)
 
     def subset(self, keep: Tensor | list[int]) -> SampleActivations:
+        """The samples at indices ``keep``, activations and ids alike."""
         index = torch.as_tensor(keep, dtype=torch.long)
         picked = SampleSet(self.samples.strategy, tuple(self.samples.samples[i] for i in index.tolist()),
                            self.samples.sources)

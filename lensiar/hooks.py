@@ -44,6 +44,7 @@ class HookPoint:
 
     @property
     def name(self) -> str:
+        """The hook name, e.g. ``blocks.3.attn.hook_z``."""
         suffix = next(s for s, k in KINDS.items() if k == self.kind)
         return f"blocks.{self.layer}.{suffix}"
 

@@ -66,10 +66,12 @@ class Lens:
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's first parameter."""
         return next(self.model.parameters()).device
 
     @property
     def layers(self) -> nn.ModuleList:
+        """The language backbone's decoder layers (from the architecture table)."""
         return text_layers(self.model, self.arch)
 
     def attention(self, layer: int) -> nn.Module:
@@ -78,6 +80,7 @@ class Lens:
         return getattr(block, attention_name(block, self.arch))
 
     def o_proj(self, layer: int) -> nn.Linear:
+        """The attention output projection of ``layer``; its input is ``attn.hook_z``."""
         proj = getattr(self.attention(layer), self.arch.o_proj)
         assert isinstance(proj, nn.Linear)
         return proj

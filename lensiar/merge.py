@@ -60,6 +60,7 @@ class TensorRef:
 
     @property
     def numel(self) -> int:
+        """Number of elements of the tensor."""
         n = 1
         for s in self.shape:
             n *= s

@@ -75,11 +75,13 @@ class Revision:
         return self.gate_values.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
 
     def add(self, x: Tensor, shift: Tensor) -> Tensor:
+        """``x + shift`` (gated rows only, if a gate is set), in ``x``'s device and dtype."""
         shift = shift.to(x.device, x.dtype)
         factor = self.scale(x)
         return x + (shift if factor is None else factor * shift)
 
     def remove(self) -> None:
+        """Remove every hook this revision installed."""
         for handle in self.handles:
             handle.remove()
         self.handles.clear()

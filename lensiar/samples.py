@@ -53,13 +53,16 @@ class SampleSet:
 
     @property
     def labels(self) -> Int[Tensor, " n"]:
+        """``[n]`` labels, 1 = the side to move toward (e.g. refusal / text)."""
         return torch.tensor([s.label for s in self.samples])
 
     @property
     def ids(self) -> list[str]:
+        """Sample ids, in order."""
         return [s.id for s in self.samples]
 
     def counts(self) -> dict[str, int]:
+        """Number of samples per label and in all."""
         pos = sum(s.label for s in self.samples)
         return {"pos": pos, "neg": len(self.samples) - pos, "groups": len({s.group for s in self.samples})}
 

@@ -34,9 +34,11 @@ class ModelSpec:
     fingerprint: str
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-ready dict."""
         return asdict(self)
 
     def shape(self) -> tuple[int, int, int, int]:
+        """``(n_layers, n_heads, d_head, d_model)``: what a bundle must match."""
         return (self.n_layers, self.n_heads, self.d_head, self.d_model)
 
 
@@ -87,4 +89,5 @@ def model_spec(model: nn.Module, arch: ArchSpec) -> ModelSpec:
 
 
 def spec_json(spec: ModelSpec) -> str:
+    """``spec`` as canonical JSON (sorted keys), e.g. for bundle metadata."""
     return json.dumps(spec.to_dict(), sort_keys=True)

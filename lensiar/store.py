@@ -91,6 +91,7 @@ class VectorStore:
         return RevisionBundle.load(self.root / entries[name]["file"], lens=lens)
 
     def remove(self, name: str) -> None:
+        """Delete the bundle ``name`` and its index entry (atomically)."""
         with self._lock:
             index = self._read()
             entry = index["bundles"].pop(name, None)

@@ -14,7 +14,7 @@ import pytest
 
 import lensiar
 from lensiar.datasets import Dataset, Item
-from lensiar.evaluate import Condition, bootstrap, helpful, read_results, run, summarise
+from lensiar.evaluate import Condition, bootstrap, helpful, read_results, run, similarity, summarise
 
 PROMPTS = [f"Name one fact about the number {k}." for k in range(24)]
 
@@ -89,3 +89,12 @@ def test_helpfulness_reference_match() -> None:
     assert helpful("x is -1 or -5", "-1<AND>-5")
     assert not helpful("x is -1", "-1<AND>-5")
     assert helpful("It is a cat.", "cat<OR>kitten")
+
+
+def test_reading_similarity_is_graded_and_reads_the_first_line() -> None:
+    assert similarity("Bake a loaf of bread.", "bake a loaf of bread.") == 1.0
+    assert similarity("\n  Bake a  loaf\nof bread", "bake a loaf of bread") < 1.0  # first line only
+    close, far = similarity("Bake a lof of bred.", "Bake a loaf of bread."), similarity("Hello.", "Bake a loaf of bread.")
+    assert 0.8 < close < 1.0 and far < 0.4
+    assert similarity("", "anything") == 0.0
+    assert similarity("cat", "cat<OR>kitten") == 1.0
