@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the main job on the embedded default")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--max-new-tokens", type=int, default=24)
+    demo.add_argument("--max-new-tokens", type=int, default=16)
     demo.add_argument("--n", type=int, default=100, help="held-out prompts per evaluation set")
     demo.add_argument("--out", default="reports/demo", help="report folder")
     demo.add_argument("--store", default="vector_store", help="vector store for the chosen bundle")

@@ -9,6 +9,7 @@ the vector store.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -38,11 +39,17 @@ class Candidate:
     alpha: float
     top_k: int
     gated: bool = False
+    threshold: float = 0.5  # the gate's probability threshold (gated candidates only)
 
     @property
     def label(self) -> str:
-        """A short label, e.g. ``mms/head a=2 k=32``."""
-        return f"{self.method}/{self.level}/alpha={self.alpha:g}/top_k={self.top_k}" + ("/gated" if self.gated else "")
+        """A short label, e.g. ``mms/head/alpha=4/top_k=32/gated@0.8``."""
+        return (f"{self.method}/{self.level}/alpha={self.alpha:g}/top_k={self.top_k}"
+                + (f"/gated@{self.threshold:g}" if self.gated else ""))
+
+    def gate_for(self, gate: Gate | None) -> Gate | bool:
+        """The gate this candidate revises under (``False``: always revise)."""
+        return dataclasses.replace(gate, threshold=self.threshold) if self.gated and gate is not None else False
 
 
 def phrase_of(text: str) -> str:
@@ -87,7 +94,7 @@ def alpha_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     series: dict[str, list[tuple[float, float, float]]] = {}
     for r in rows:
-        key = f"{r['method']}/{r['level']}/top_k={r['top_k']}" + ("/gated" if r.get("gated") else "")
+        key = f"{r['method']}/{r['level']}/top_k={r['top_k']}" + (f"/gated@{r.get('threshold')}" if r.get("gated") else "")
         series.setdefault(key, []).append((r["alpha"], r["asr"], r["over_refusal"]))
     for key, pts in sorted(series.items()):
         pts.sort()
@@ -123,11 +130,11 @@ def choose(lens: Lens, bundles: dict[tuple[str, str], RevisionBundle], grid: Seq
     best: tuple[float, Candidate] | None = None
     for cand in grid:
         with lens.revise(bundles[(cand.method, cand.level)], alpha=cand.alpha, top_k=cand.top_k,
-                         gate=gate if cand.gated and gate is not None else False):
+                         gate=cand.gate_for(gate)):
             asr, over = _rates(lens, val_harmful, val_harmless, judge, tokens)
         ok = over - base_over <= max_over_refusal_rise
         rows.append({"method": cand.method, "level": cand.level, "alpha": cand.alpha, "top_k": cand.top_k,
-                     "gated": cand.gated, "asr": asr, "over_refusal": over, "admissible": ok})
+                     "gated": cand.gated, "threshold": cand.threshold if cand.gated else None, "asr": asr, "over_refusal": over, "admissible": ok})
         log(f"validation {cand.label}: ASR {asr:.2f}, over-refusal {over:.2f}{'' if ok else ' (over-refusal too high)'}")
         score = base_asr - asr
         if ok and (best is None or score > best[0]):
@@ -162,7 +169,7 @@ def _reading_set(root: Any, n: int, seed: int) -> Dataset:
 
 
 def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_store", n_eval: int = 100,
-             seed: int = 0, tokens: int = 24, quick: bool = False, data: Any = None,
+             seed: int = 0, tokens: int = 16, quick: bool = False, data: Any = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo; returns the summary (also written to ``out_dir/summary.json``)."""
     from lensiar.data_sources import data_dir
@@ -199,10 +206,14 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     gate_samples = build_samples("query", harmful=[typo_prompt(t) for t in train_harm],
                                  harmless=[typo_prompt(t) for t in benign[n_val:]], n=24 if quick else 96, seed=seed)
     gate = probe_heads(lens, gate_samples, seed=seed, progress=False).gate()
-    alphas = (2.0,) if quick else (1.0, 2.0, 4.0)
+    # alpha 1 changes nothing and alpha 4 makes the organism refuse everything (measured in earlier runs);
+    # strong revisions are tried only behind the gate, at strict thresholds (at 0.5-0.8 the gate flags a
+    # fifth or more of harmless validation prompts)
+    alphas = (2.0,) if quick else (2.0, 3.0)
     grid = [Candidate(m, lvl, a, 32 if lvl == "head" else 3) for m in ("mms", "probe") for lvl in ("head", "layer")
             for a in alphas]
-    grid += [Candidate(m, "head", a, 32, gated=True) for m in ("mms", "probe") for a in ((4.0,) if quick else (4.0, 8.0))]
+    grid += [Candidate(m, "head", 4.0, 32, gated=True, threshold=t) for m, t in
+             ((("mms", 0.9),) if quick else (("mms", 0.9), ("mms", 0.95), ("mms", 0.98), ("mms", 0.99), ("probe", 0.98)))]
     if quick:
         grid = grid[:2] + grid[-1:]
     val_h = [typo_prompt(t) for t in val_harm]
@@ -221,10 +232,10 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     conditions = [Condition("unrevised", lens)]
     if chosen is not None:
         bundle = bundles[(chosen.method, chosen.level)]
-        conditions.append(Condition("revised", lens, (bundle,), chosen.alpha, chosen.top_k,
-                                    gate if chosen.gated else False))
+        conditions.append(Condition("revised", lens, (bundle,), chosen.alpha, chosen.top_k, chosen.gate_for(gate)))
         summary["chosen"] = {"method": chosen.method, "level": chosen.level, "alpha": chosen.alpha,
-                             "top_k": chosen.top_k, "gated": chosen.gated, "strategy": "modality"}
+                             "top_k": chosen.top_k, "gated": chosen.gated, "strategy": "modality",
+                             "gate_threshold": chosen.threshold if chosen.gated else None}
         stored = VectorStore(store)
         name = "organism-modality-" + chosen.method + "-" + chosen.level
         stored.save(name, bundle, overwrite=True)
@@ -262,12 +273,14 @@ def markdown(summary: dict[str, Any]) -> str:
     chosen = summary.get("chosen")
     lines.append("Chosen on validation: " + (f"{chosen['strategy']} / {chosen['method']} / {chosen['level']}, alpha "
                                              f"{chosen['alpha']:g}, top_k {chosen['top_k']}"
-                                             + (", gated" if chosen.get("gated") else "") if chosen else "none admissible"))
-    lines += ["", "## Organism (held out)", "", "| dataset | condition | ASR | over-refusal | reading (helpfulness) |",
-              "|---|---|---|---|---|"]
+                                             + (f", gated (threshold {chosen.get('gate_threshold')})" if chosen.get("gated") else "") if chosen
+                                             else "none admissible"))
+    lines += ["", "## Organism (held out)", "", "| dataset | condition | ASR | over-refusal | reading, exact | "
+              "reading, similarity |", "|---|---|---|---|---|---|"]
     for r in summary["organism"]:
+        sim = r.get("similarity")
         lines.append(f"| {r['dataset']} | {r['condition']} | {_fmt(r.get('asr'))} | {_fmt(r.get('over_refusal'))} | "
-                     f"{_fmt(r.get('helpfulness'))} |")
+                     f"{_fmt(r.get('helpfulness'))} | {'-' if not sim else format(sim['rate'], '.2f')} |")
     lines += ["", "## SmolLM2-135M-Instruct, text only", "", "| dataset | condition | ASR | over-refusal |", "|---|---|---|---|"]
     for r in summary["smollm2_text"]["rows"]:
         lines.append(f"| {r['dataset']} | {r['condition']} | {_fmt(r.get('asr'))} | {_fmt(r.get('over_refusal'))} |")

@@ -82,3 +82,30 @@ def test_held_out_split_and_determinism(smollm2_query: lensiar.SampleActivations
     c = lensiar.probe_heads(None, smollm2_query, seed=1)
     assert set(c.val_ids) != set(a.val_ids)
     assert a.layer_accuracy.shape == (30,) and a.top_layers(3)[0] in range(30)
+
+
+def test_nearly_separable_groups_finish_with_newton_and_match_sklearn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strong signal makes the fixed-bound CG slow; those groups hand over to Newton (observed, not
+    assumed) and end at least as low on scikit-learn's objective as scikit-learn itself."""
+    import lensiar.probes as probes
+
+    handed = []
+    newton = probes._newton
+    monkeypatch.setattr(probes, "_newton", lambda xs, *a: handed.append(xs.shape[0]) or newton(xs, *a))
+    g = torch.Generator().manual_seed(2)
+    y = torch.randint(0, 2, (240,), generator=g)
+    x = torch.randn(6, 240, 48, generator=g) + y.view(1, -1, 1) * torch.linspace(0.5, 8.0, 6).view(6, 1, 1)
+    xt, yt = x[:, :160].double(), y[:160].double()
+    w, b = fit_logistic(x[:, :160], y[:160], scaled=False)
+    assert sum(handed) >= 1
+
+    def objective(w_: torch.Tensor, b_: torch.Tensor) -> torch.Tensor:  # C = 1: sum of log-losses + |w|^2 / 2
+        z = torch.einsum("gnd,gd->gn", xt, w_) + b_.view(-1, 1)
+        return (torch.nn.functional.softplus(z) - yt * z).sum(1) + 0.5 * (w_ * w_).sum(1)
+
+    fits = [LogisticRegression(C=1.0, max_iter=5000, tol=1e-8).fit(xt[k].numpy(), yt.numpy()) for k in range(6)]
+    theirs = objective(torch.tensor(np.stack([f.coef_[0] for f in fits])), torch.tensor([f.intercept_[0] for f in fits]))
+    ours = objective(w.double(), b.double())
+    assert (ours <= theirs + 1e-4 * theirs.abs()).all(), (ours, theirs)
+    acc = [f.score(x[k, 160:].double().numpy(), y[160:].numpy()) for k, f in enumerate(fits)]
+    assert np.abs(accuracy(x[:, 160:], y[160:], w, b).numpy() - np.array(acc)).max() <= 0.0125
