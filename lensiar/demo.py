@@ -240,6 +240,8 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
         name = "organism-modality-" + chosen.method + "-" + chosen.level
         stored.save(name, bundle, overwrite=True)
         summary["chosen"]["bundle"] = f"{store}/{name}"
+    for stale in ("results.jsonl", "results_smollm2.jsonl"):  # each demo run starts fresh: its choice may differ
+        (out / stale).unlink(missing_ok=True)
     records = run(conditions, held, out / "results.jsonl", judge=judge, max_new_tokens=tokens, batch_size=25)
     summary["organism"] = [r for r in summarise(records, seed=seed) if r["category"] == "all"]
 

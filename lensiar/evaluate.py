@@ -43,6 +43,21 @@ class Condition:
     gate: Gate | bool = False
     meta: Mapping[str, Any] = field(default_factory=dict)
 
+    def signature(self) -> str:
+        """What the condition runs, as a short string stored with each record: the model's fingerprint and,
+        if revised, a hash of the bundles' shifts with alpha, top_k and the gate. Resuming under the same
+        name with another signature is refused."""
+        import hashlib
+
+        parts = [self.lens.spec.fingerprint]
+        for b in self.bundles:
+            parts.append(hashlib.sha256(b.shift.float().numpy().tobytes()).hexdigest()[:12])
+        if self.bundles:
+            gate = self.gate if isinstance(self.gate, Gate) else None
+            parts += [f"alpha={self.alpha}", f"top_k={self.top_k}",
+                      f"gate={gate.layer}@{gate.threshold:g}" if gate else f"gate={bool(self.gate)}"]
+        return "|".join(parts)
+
     def active(self) -> contextlib.AbstractContextManager[Any]:
         """A context manager that applies this condition's revision (a no-op without bundles)."""
         if not self.bundles:
@@ -116,6 +131,12 @@ def run(
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     records = read_results(path)
+    signatures = {c.name: c.signature() for c in conditions}
+    for r in records:
+        if r["condition"] in signatures and r.get("signature") != signatures[r["condition"]]:
+            raise ValueError(f"{path} holds results for condition {r['condition']!r} run with another configuration "
+                             f"({r.get('signature')!r}, now {signatures[r['condition']]!r}); use a new results file "
+                             "or another condition name")
     done = {_key(r["dataset"], r["condition"], r["id"]) for r in records}
     todo = [(c, d, i) for c in conditions for d in datasets for i in d.items if _key(d.name, c.name, i.id) not in done]
     bar = tqdm(total=len(todo), desc="eval", disable=not progress)
@@ -127,7 +148,7 @@ def run(
             for item, response in zip(items, responses, strict=True):
                 rec = {"dataset": data.name, "condition": cond.name, "id": item.id, "category": item.category,
                        "harmful": item.harmful, "response": response, "refused": judge.refused(response),
-                       "judge": judge.name}
+                       "judge": judge.name, "signature": signatures[cond.name]}
                 if "answer" in item.meta:
                     rec["helpful"] = helpful(response, item.meta["answer"])
                     rec["similarity"] = round(similarity(response, item.meta["answer"]), 4)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import lensiar
 from lensiar.datasets import Dataset, Item
@@ -49,7 +50,8 @@ def test_torn_last_line_is_cut_and_the_run_completes(tmp_path: Path, smollm2: le
     data = Dataset("facts", tuple(Item(f"f{k}", p, False) for k, p in enumerate(PROMPTS[:3])), "test")
     out = tmp_path / "r.jsonl"
     out.write_text(json.dumps({"dataset": "facts", "condition": "plain", "id": "f0", "category": "", "harmful": False,
-                               "response": "x", "refused": False, "judge": "k"}) + "\n" + '{"dataset": "fa')
+                               "response": "x", "refused": False, "judge": "k",
+                               "signature": Condition("plain", smollm2).signature()}) + "\n" + '{"dataset": "fa')
     records = run([Condition("plain", smollm2)], [data], out, max_new_tokens=4, progress=False)
     assert sorted(r["id"] for r in records) == ["f0", "f1", "f2"]
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["f0", "f1", "f2"]
@@ -98,3 +100,20 @@ def test_reading_similarity_is_graded_and_reads_the_first_line() -> None:
     assert 0.8 < close < 1.0 and far < 0.4
     assert similarity("", "anything") == 0.0
     assert similarity("cat", "cat<OR>kitten") == 1.0
+
+
+def test_resuming_a_condition_name_with_another_configuration_is_refused(tmp_path: Path) -> None:
+    from lensiar.testing import tiny_model
+
+    lens = lensiar.Lens(*tiny_model("llama"))
+    spec = lens.spec
+    bundle = lensiar.RevisionBundle(torch.ones(spec.n_layers, spec.n_heads, spec.d_head), torch.ones(spec.n_layers, spec.n_heads),
+                                    torch.ones(spec.n_layers, spec.n_heads), "head", spec.to_dict())
+    data = Dataset("d", (Item("a", "hi", False),), "x")
+    out = tmp_path / "r.jsonl"
+    run([Condition("revised", lens, (bundle,), alpha=1.0, top_k=2)], [data], out, max_new_tokens=2, progress=False)
+    before = out.read_text()
+    run([Condition("revised", lens, (bundle,), alpha=1.0, top_k=2)], [data], out, max_new_tokens=2, progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        run([Condition("revised", lens, (bundle,), alpha=2.0, top_k=2)], [data], out, max_new_tokens=2, progress=False)
+    assert out.read_text() == before  # resumed run added nothing; the refused one wrote nothing
