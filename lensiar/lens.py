@@ -172,6 +172,17 @@ class Lens:
         items = [inputs] if isinstance(inputs, Prompt | str) else list(inputs)
         if not items:
             raise ValueError("empty batch: give at least one prompt")
+        # a processor batch is all image prompts or all text prompts: consecutive runs of one kind are
+        # batched separately, so the outputs keep the inputs' order
+        run: list[Prompt | str] = []
+        for item in items:
+            if run and bool(as_prompt(item).images) != bool(as_prompt(run[0]).images):
+                yield from self._runs(run, batch_size)
+                run = []
+            run.append(item)
+        yield from self._runs(run, batch_size)
+
+    def _runs(self, items: list[Prompt | str], batch_size: int) -> Iterator[BatchEncoding]:
         for start in range(0, len(items), batch_size):
             yield self.prepare(items[start : start + batch_size])
 

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-ruff check lensiar tests benchmarks scripts
+ruff check lensiar tests benchmarks scripts notebooks
 mypy
 # pytest exits 5 when nothing was collected; treat that (like any failure) as a failed run.
 python -m pytest -q -p no:cacheprovider "$@"

@@ -175,6 +175,17 @@ def test_mixed_image_and_text_batch_is_refused(image) -> None:
         tiny_lens("llava").prepare([Prompt("a", images=image), Prompt("b")])
 
 
+def test_mixed_list_is_batched_by_kind_in_order(image) -> None:
+    lens = tiny_lens("llava")
+    prompts = [Prompt("a", images=image), Prompt("b c"), Prompt("d"), Prompt("e", images=image)]
+    mixed = lens.run_with_cache(prompts, "blocks.1.hook_resid_post", batch_size=4)["blocks.1.hook_resid_post"]
+    alone = torch.cat([lens.run_with_cache([p], "blocks.1.hook_resid_post")["blocks.1.hook_resid_post"] for p in prompts])
+    assert mixed.shape[0] == 4
+    torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-5)
+    texts = lens.generate(prompts, max_new_tokens=3, batch_size=4)
+    assert texts == [lens.generate([p], max_new_tokens=3)[0] for p in prompts]
+
+
 def test_spec_of_tiny_llava() -> None:
     spec = tiny_lens("llava").spec
     assert (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_head, spec.d_model) == (2, 4, 2, 16, 64)
