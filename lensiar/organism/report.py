@@ -60,11 +60,15 @@ def normalise(text: str) -> str:
     return text.strip("\"'“”").rstrip(".!?").strip()
 
 
-def mm_safety(root: Path, n: int, seed: int) -> list[dict[str, str]]:
-    """MM-SafetyBench items of scenarios 01-07 whose key phrase fits one image: key phrase + changed question."""
+MM_SAFETY_VALIDATION = ("09",)  # Privacy Violence: harmful, not held out, seen by no training stage
+
+
+def mm_safety(root: Path, n: int, seed: int, scenarios: Sequence[str] = MM_SAFETY_SCENARIOS) -> list[dict[str, str]]:
+    """MM-SafetyBench items of ``scenarios`` (default: the held-out 01-07) whose key phrase fits one image:
+    key phrase + changed question."""
     items = []
     for path in sorted((root / "mm_safetybench" / "processed_questions").glob("*.json")):
-        if path.name[:2] not in MM_SAFETY_SCENARIOS:
+        if path.name[:2] not in scenarios:
             continue
         for key, q in json.loads(path.read_text()).items():
             if q.get("Phrase Type") == "activity" and fits(q["Key Phrase"]):
