@@ -147,7 +147,7 @@ class RevisionBundle:
         from lensiar import __version__
 
         gate = None if self.gate is None else {"layer": self.gate.layer, "bias": self.gate.bias,
-                                               "threshold": self.gate.threshold}
+                                               "threshold": self.gate.threshold, "images_only": self.gate.images_only}
         return {"format_version": FORMAT_VERSION, "lensiar_version": __version__, "level": self.level,
                 "method": self.method, "strategy": self.strategy, "model": self.model, "data": self.data,
                 "defaults": self.defaults, "gate": gate}
@@ -198,7 +198,8 @@ class RevisionBundle:
         if gate_meta is not None and "gate_weight" not in tensors:
             raise BundleError(f"{path} declares a gate but lacks its gate_weight tensor")
         gate = None if gate_meta is None else Gate(int(gate_meta["layer"]), tensors["gate_weight"],
-                                                    float(gate_meta["bias"]), float(gate_meta["threshold"]))
+                                                    float(gate_meta["bias"]), float(gate_meta["threshold"]),
+                                                    bool(gate_meta.get("images_only", False)))
         bundle = cls(vectors=tensors["vectors"], sigma=tensors["sigma"], accuracy=tensors["accuracy"],
                      level=meta["level"], model=meta["model"], method=meta["method"], strategy=meta["strategy"],
                      data=meta.get("data", {}), defaults=meta.get("defaults", {}), gate=gate)

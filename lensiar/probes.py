@@ -2,14 +2,15 @@
 
 Each probe is an L2-regularised logistic regression with the same objective as scikit-learn's
 ``LogisticRegression(C=C)``: ``C * sum_i logloss_i + ||w||^2 / 2`` (intercept not penalised). All
-probes are fitted together by preconditioned nonlinear conjugate gradients (Boehning's bound on the
-Hessian as the preconditioner, exact line search), with batched Newton steps for any group that has not
-converged, so a whole model's heads cost one batched Gram and a few dozen batched mat-vecs rather than a
-Python loop of fits.
+probes are fitted together by preconditioned nonlinear conjugate gradients (exact line search; the
+diagonal of Boehning's bound on the Hessian, then the full bound for groups still unconverged), with
+batched Newton steps for any group left, so a whole model's heads cost a few dozen batched mat-vecs
+rather than a Python loop of fits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,18 +32,23 @@ def standardize(x: Float[Tensor, "g n d"]) -> tuple[Float[Tensor, "g 1 d"], Floa
     return mu, (centred * centred).mean((1, 2), keepdim=True).sqrt().clamp_min(1e-12)
 
 
-PCG_ITERATIONS = 25  # conjugate-gradient iterations before the remaining groups switch to Newton
+CHUNK_BYTES = 7 * 2**20  # float32 features per fitting chunk: small enough to stay in a CPU's last-level cache
+DIAGONAL_ITERATIONS = 15  # conjugate-gradient iterations under the diagonal preconditioner, then the full one
+PCG_ITERATIONS = 25  # conjugate-gradient iterations under the full preconditioner before Newton
+LINE_SEARCH_STEPS = 2  # 1-D Newton steps on the step length per conjugate-gradient iteration
 
 
 def _fit_chunk(
-    x: Float[Tensor, "g n d"], y: Float[Tensor, " n"], lam: float, max_iter: int, tol: float, scaled: bool
+    x: Float[Tensor, "g n d"], y: Float[Tensor, " n"], lam: float, max_iter: int, tol: float, scaled: bool,
+    work: Float[Tensor, "2 c n d"],
 ) -> tuple[Float[Tensor, "g d"], Float[Tensor, " g"]]:
-    g, n, d = x.shape
-    mu = x.mean(1, keepdim=True)  # [g, 1, d]
-    xc = x - mu  # centred once (no cancellation below); the per-feature scaling is folded into the mat-vecs
-    # one batched Gram gives the spread of every feature and the solver's preconditioner
-    gram = torch.bmm(xc.transpose(1, 2), xc).double()  # [g, d, d]
-    var = (gram.diagonal(dim1=1, dim2=2) / n).clamp_min(0.0).unsqueeze(1)  # [g, 1, d]
+    """Fit one chunk of groups; ``work`` is scratch space reused across chunks (``c >= g``): fresh
+    buffers of this size cost a page fault per page on every chunk."""
+    g, n, _d = x.shape
+    ones = torch.ones(g, 1, n)
+    mu = torch.bmm(ones, x) / n  # [g, 1, d]: row-vector products are the fast reductions over n
+    xs = torch.sub(x, mu, out=work[0, :g])  # centred once (no cancellation below)
+    var = torch.bmm(ones, torch.mul(xs, xs, out=work[1, :g])).double() / n  # [g, 1, d]
     scale = var.mean(2, keepdim=True).sqrt().clamp_min(1e-12)  # [g, 1, 1]
     # the solvers work on per-dimension standardised features (well conditioned); the penalty is
     # rewritten so the objective stays the one asked for: lam * (S / s_j)^2 on the scalar-scaled
@@ -55,78 +61,102 @@ def _fit_chunk(
     scale = torch.where(flat.view(g, 1, 1), torch.ones_like(scale), scale)
     ref = scale if scaled else torch.ones_like(scale)
     lam_w = (lam * (ref / s_dim).squeeze(1) ** 2).unsqueeze(2)  # [g, d, 1]
-    bound = gram / (4 * s_dim.transpose(1, 2) * s_dim) + torch.diag_embed(lam_w.squeeze(2) + 1e-10)
-    bound[flat] = torch.eye(d, dtype=bound.dtype)
-    w, b, done = _preconditioned_cg(xc, s_dim, y, lam_w, bound, flat, PCG_ITERATIONS, tol)
+    # first the diagonal of Boehning's bound as the preconditioner (free: standardised features have unit
+    # spread); groups with strongly correlated features converge slowly under it and go on with the full
+    # bound (one batched Gram for those groups only), then with Newton steps if still not converged
+    xs.mul_((1.0 / s_dim).float())  # standardised: [g, n, d]
+    diagonal = n / 4 + lam_w
+    diagonal = diagonal.float()
+    w, b, done = _preconditioned_cg(xs, y.float(), lam_w.float(), lambda gw: gw / diagonal, flat, DIAGONAL_ITERATIONS, tol)
+    w, b = w.double(), b.double()
+    if not bool(done.all()):
+        rest = (~done).nonzero().flatten()
+        solve = _bound_solver(xs[rest], lam_w[rest])
+        w_r, b_r, done_r = _preconditioned_cg(
+            xs[rest], y.float(), lam_w[rest].float(), lambda gw: solve(gw.double()).float(), flat[rest], PCG_ITERATIONS, tol,
+            w[rest].float(), b[rest].float()
+        )
+        w[rest], b[rest], done[rest] = w_r.double(), b_r.double(), done_r
     if not bool(done.all()):  # nearly separable groups converge slowly under the fixed bound: finish them
         rest = (~done).nonzero().flatten()  # with Newton steps, warm-started where CG stopped
-        xs = xc[rest] / s_dim[rest].float()
-        w_n, b_n = _newton(xs, y.view(1, n, 1), lam_w[rest], max_iter, tol, w[rest], b[rest])
+        w_n, b_n = _newton(xs[rest], y.view(1, n, 1), lam_w[rest], max_iter, tol, w[rest], b[rest])
         w[rest], b[rest] = w_n, b_n
-    w_raw = w.squeeze(2) / s_dim.squeeze(1)
+    w_raw = w.squeeze(2) / s_dim.squeeze(1)  # back to the raw features
     b_raw = b.view(g) - (w_raw * mu.squeeze(1).double()).sum(1)
     w_raw[flat] = 0.0
     b_raw[flat] = torch.logit(y.mean().clamp(1e-6, 1 - 1e-6))
     return w_raw.float(), b_raw.float()
 
 
-def _preconditioned_cg(
-    x: Float[Tensor, "g n d"],
-    s_dim: Float[Tensor, "g 1 d"],
-    y: Float[Tensor, " n"],
-    lam_w: Float[Tensor, "g d 1"],
-    bound: Float[Tensor, "g d d"],
-    skip: Bool[Tensor, " g"],
-    max_iter: int,
-    tol: float,
-) -> tuple[Float[Tensor, "g d 1"], Float[Tensor, "g 1 1"], Bool[Tensor, " g"]]:
-    """Nonlinear conjugate gradients (Polak-Ribiere+) on the standardised features ``x / s_dim`` (``x`` centred),
-    preconditioned by Boehning's fixed bound on the Hessian, ``X^T X / 4 + diag(lam)`` (``bound``; the
-    intercept's block is ``n / 4``, uncoupled since the features are centred), with an exact line search
-    (1-D Newton on the step length). An iteration costs two batched row-vector products with ``x``, so
-    all groups converge for about the price of one Newton step. Returns weights, biases (standardised
-    space) and which groups converged; ``skip`` groups are left at zero."""
-    g, n, d = x.shape
+def _bound_solver(xs: Float[Tensor, "g n d"], lam_w: Float[Tensor, "g d 1"]) -> Callable[[Tensor], Tensor]:
+    """Solves with Boehning's bound on the Hessian of standardised features ``xs``, ``X^T X / 4 + diag(lam)``."""
+    g, _n, d = xs.shape
+    gram = torch.bmm(xs.transpose(1, 2), xs).double()  # [g, d, d]
+    bound = gram / 4 + torch.diag_embed(lam_w.squeeze(2) + 1e-10)
     chol, info = torch.linalg.cholesky_ex(bound)
     if bool((info != 0).any()):
         ridge = torch.eye(d, dtype=bound.dtype) * bound.diagonal(dim1=1, dim2=2).mean(1).view(g, 1, 1) * 1e-6
         chol = torch.where((info != 0).view(g, 1, 1), torch.linalg.cholesky_ex(bound + ridge)[0], chol)
-    x_t = x.transpose(1, 2).contiguous()  # [g, d, n]: row-vector products are several times faster
-    inv_s = (1.0 / s_dim).transpose(1, 2)  # [g, d, 1]
+    return lambda gw: torch.cholesky_solve(gw, chol)
+
+
+def _preconditioned_cg(
+    x: Float[Tensor, "g n d"],
+    y: Float[Tensor, " n"],
+    lam_w: Float[Tensor, "g d 1"],
+    precondition: Callable[[Tensor], Tensor],
+    skip: Bool[Tensor, " g"],
+    max_iter: int,
+    tol: float,
+    w0: Float[Tensor, "g d 1"] | None = None,
+    b0: Float[Tensor, "g 1 1"] | None = None,
+) -> tuple[Float[Tensor, "g d 1"], Float[Tensor, "g 1 1"], Bool[Tensor, " g"]]:
+    """Nonlinear conjugate gradients (Polak-Ribiere+) on standardised features ``x`` (centred, unit spread),
+    from zero or ``w0, b0``. ``precondition`` applies the inverse of an approximation of the weights' Hessian
+    to a gradient ``[g, d, 1]`` (the intercept's block is ``n / 4``, uncoupled since the features are
+    centred), with an exact line search (1-D Newton on the step length). An iteration costs two batched
+    row-vector products with ``x``. Returns weights, biases (standardised space) and which groups
+    converged; ``skip`` groups are left at zero."""
+    g, n, d = x.shape
+    x_t = x.transpose(1, 2)  # [g, d, n] view: row-vector products are several times faster than columns
     yr = y.view(1, 1, n)
 
-    def along(v: Tensor) -> Tensor:  # [g, d, 1] -> x / s @ v as a row [g, 1, n]
-        return torch.bmm((v * inv_s).transpose(1, 2).float(), x_t).double()
+    def along(v: Tensor) -> Tensor:  # [g, d, 1] -> x @ v as a row [g, 1, n]
+        return torch.bmm(v.transpose(1, 2), x_t)
 
-    w = torch.zeros(g, d, 1, dtype=torch.float64)
-    b = torch.zeros(g, 1, 1, dtype=torch.float64)
-    logits = torch.zeros(g, 1, n, dtype=torch.float64)
+    w = torch.zeros(g, d, 1, dtype=x.dtype) if w0 is None else w0.clone()
+    b = torch.zeros(g, 1, 1, dtype=x.dtype) if b0 is None else b0.clone()
+    logits = torch.zeros(g, 1, n, dtype=x.dtype) if w0 is None else along(w) + b
     dir_w, dir_b = torch.zeros_like(w), torch.zeros_like(b)
-    prev_gw, prev_gb, prev_gs = torch.zeros_like(w), torch.zeros_like(b), torch.ones(g, 1, 1, dtype=torch.float64)
+    prev_gw, prev_gb, prev_gs = torch.zeros_like(w), torch.zeros_like(b), torch.ones(g, 1, 1, dtype=x.dtype)
     done = skip.clone()
     for _ in range(max_iter):
-        r = torch.sigmoid(logits) - yr  # [g, 1, n]
+        p = torch.sigmoid(logits)  # [g, 1, n]
+        r = p - yr
         r_sum = r.sum(2, keepdim=True)  # [g, 1, 1]
-        gw = torch.bmm(r.float(), x).double().transpose(1, 2) * inv_s + lam_w * w
+        gw = torch.bmm(r, x).transpose(1, 2) + lam_w * w
         done = skip | (torch.maximum(gw.abs().amax((1, 2)), r_sum.abs().view(g)) < tol * n)
         if bool(done.all()):
             break
-        sw, sb = torch.cholesky_solve(gw, chol), r_sum / (n / 4)
+        sw, sb = precondition(gw), r_sum / (n / 4)
         gs = (gw * sw).sum(1, keepdim=True) + r_sum * sb
-        beta = (((gw - prev_gw) * sw).sum(1, keepdim=True) + (r_sum - prev_gb) * sb) / prev_gs.clamp_min(1e-300)
-        dir_w, dir_b = -sw + beta.clamp_min(0.0) * dir_w, -sb + beta.clamp_min(0.0) * dir_b
+        beta = (((gw - prev_gw) * sw).sum(1, keepdim=True) + (r_sum - prev_gb) * sb) / prev_gs.clamp_min(1e-30)
+        beta = beta.clamp_min(0.0)
+        dir_w, dir_b = beta * dir_w - sw, beta * dir_b - sb
         uphill = ((gw * dir_w).sum(1, keepdim=True) + r_sum * dir_b) >= 0  # restart on steepest descent
         dir_w, dir_b = torch.where(uphill, -sw, dir_w), torch.where(uphill, -sb, dir_b)
         prev_gw, prev_gb, prev_gs = gw, r_sum, gs
         u = along(dir_w) + dir_b  # logits move by t * u
+        uu = u * u
         pen_dd = (lam_w * dir_w * dir_w).sum(1, keepdim=True)
         pen_wd = (lam_w * w * dir_w).sum(1, keepdim=True)
-        t = torch.zeros(g, 1, 1, dtype=torch.float64)
-        for _newton_1d in range(3):
-            p = torch.sigmoid(logits + t * u)
-            slope = ((p - yr) * u).sum(2, keepdim=True) + pen_wd + t * pen_dd
-            curve = (p * (1 - p) * u * u).sum(2, keepdim=True) + pen_dd
-            t = t - slope / curve.clamp_min(1e-300)
+        # 1-D Newton steps on the step length t; the first, at t = 0, reuses this iteration's p
+        t = -((r * u).sum(2, keepdim=True) + pen_wd) / ((p - p * p) * uu).sum(2, keepdim=True).add_(pen_dd).clamp_min(1e-30)
+        for _newton_1d in range(LINE_SEARCH_STEPS - 1):
+            p_t = torch.sigmoid(torch.addcmul(logits, t, u))
+            slope = ((p_t - yr) * u).sum(2, keepdim=True) + pen_wd + t * pen_dd
+            curve = ((p_t - p_t * p_t) * uu).sum(2, keepdim=True) + pen_dd
+            t = t - slope / curve.clamp_min(1e-30)
         t = torch.where(done.view(g, 1, 1) | ~torch.isfinite(t), torch.zeros_like(t), t)
         w, b, logits = w + t * dir_w, b + t * dir_b, logits + t * u
     return w, b, done
@@ -198,8 +228,8 @@ def fit_logistic(
     y: Int[Tensor, " n"],
     C: float = 1.0,
     max_iter: int = 30,
-    tol: float = 1e-6,
-    chunk: int = 64,
+    tol: float = 1e-4,
+    chunk: int | None = None,
     scaled: bool = True,
 ) -> tuple[Float[Tensor, "g d"], Float[Tensor, " g"]]:
     """Fit ``g`` logistic probes on the same labels at once; returns weights ``[g, d]`` and biases ``[g]``.
@@ -208,7 +238,10 @@ def fit_logistic(
     (default) the objective is scikit-learn's with ``C`` on each group's features centred and divided
     by one scalar (:func:`standardize`), so heads of very different scales are regularised alike;
     ``scaled=False`` is scikit-learn's objective on the raw features. Stops when every gradient entry of
-    the mean loss is below ``tol`` (scikit-learn's lbfgs rule, whose default is 1e-4; ours is tighter).
+    the mean loss is below ``tol`` (scikit-learn's lbfgs rule and default). Groups are fitted ``chunk`` at
+    a time; by default as many as fit in :data:`CHUNK_BYTES` of float32 features, so that the solver's
+    repeated passes over them stay in the CPU's cache (measured: 8 MiB chunks are 1.5x faster than 52 MiB
+    ones on the 1024-head benchmark).
     """
     if x.ndim != 3 or x.shape[1] != y.shape[0]:
         raise ValueError(f"x must be [groups, n, d] with n = len(y); got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -217,9 +250,12 @@ def fit_logistic(
     if C <= 0:
         raise ValueError(f"C must be positive, got {C}")
     yf = y.double()
+    if chunk is None:
+        chunk = max(1, CHUNK_BYTES // (4 * x.shape[1] * x.shape[2]))
     ws, bs = [], []
+    work = torch.empty(2, min(chunk, x.shape[0]), x.shape[1], x.shape[2])
     for start in range(0, x.shape[0], chunk):
-        w, b = _fit_chunk(x[start : start + chunk].float(), yf, 1.0 / C, max_iter, tol, scaled)
+        w, b = _fit_chunk(x[start : start + chunk].float(), yf, 1.0 / C, max_iter, tol, scaled, work)
         ws.append(w)
         bs.append(b)
     return torch.cat(ws), torch.cat(bs)
@@ -235,12 +271,17 @@ def accuracy(
 
 @dataclass(frozen=True)
 class Gate:
-    """A probe on the residual after ``layer`` at the last prompt token: revise only where it says pos (harmful)."""
+    """A probe on the residual after ``layer`` at the last prompt token: revise only where it says pos (harmful).
+
+    With ``images_only``, prompts without an image are never revised (for vectors that only mean something
+    on the image path, such as the ``modality`` strategy's text-minus-image shifts).
+    """
 
     layer: int
     weight: Float[Tensor, " d_model"]
     bias: float
     threshold: float = 0.5
+    images_only: bool = False
 
     def __call__(self, resid: Float[Tensor, "b d_model"]) -> Float[Tensor, " b"]:
         """1.0 for rows the probe flags, else 0.0."""
@@ -272,10 +313,10 @@ class ProbeResult:
         order = sorted(range(len(self.layer_accuracy)), key=lambda i: (-float(self.layer_accuracy[i]), i))
         return order[:k]
 
-    def gate(self, layer: int | None = None, threshold: float = 0.5) -> Gate:
+    def gate(self, layer: int | None = None, threshold: float = 0.5, images_only: bool = False) -> Gate:
         """A conditional-revision gate from the residual probe at ``layer`` (default: the most accurate layer)."""
         chosen = self.top_layers(1)[0] if layer is None else layer
-        return Gate(chosen, self.layer_weight[chosen].clone(), float(self.layer_bias[chosen]), threshold)
+        return Gate(chosen, self.layer_weight[chosen].clone(), float(self.layer_bias[chosen]), threshold, images_only)
 
 
 def top_heads(accuracy: Float[Tensor, "n_layers n_heads"], k: int, layers: list[int] | None = None) -> list[tuple[int, int]]:
@@ -314,7 +355,7 @@ def probe_heads(
     hw, hb = fit_logistic(heads_train, train.labels, C=C)
     head_acc = accuracy(heads_val, val.labels, hw, hb).reshape(n_layers, n_heads)
     layers_train = train.resid.transpose(0, 1)
-    lw, lb = fit_logistic(layers_train, train.labels, C=C, chunk=8)
+    lw, lb = fit_logistic(layers_train, train.labels, C=C)
     layer_acc = accuracy(val.resid.transpose(0, 1), val.labels, lw, lb)
     return ProbeResult(head_acc, layer_acc, hw.reshape(n_layers, n_heads, d_head), hb.reshape(n_layers, n_heads),
                        lw, lb, train.ids, val.ids, seed, C)

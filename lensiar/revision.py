@@ -173,7 +173,12 @@ class _StopForward(Exception):
 
 @torch.no_grad()
 def gate_values(lens: Lens, gate: Gate, model_kwargs: dict[str, Any]) -> Float[Tensor, " b"]:
-    """Run the unrevised model up to the gate's layer and score each row's last prompt token."""
+    """Run the unrevised model up to the gate's layer and score each row's last prompt token.
+
+    An ``images_only`` gate gives 0 for a batch without images (the Lens never mixes prompts with and
+    without images in one batch) and does not run the model for it."""
+    if gate.images_only and model_kwargs.get("pixel_values") is None:
+        return torch.zeros(model_kwargs["attention_mask"].shape[0])
     captured: dict[str, Tensor] = {}
 
     def grab(module: nn.Module, args: Any, output: Any) -> None:

@@ -84,6 +84,27 @@ def _hooks(lens: Lens) -> dict[str, tuple[list[int], list[int]]]:
             if m._forward_pre_hooks or m._forward_hooks}
 
 
+
+def test_images_only_gate_leaves_text_prompts_alone(image: object, tmp_path: Path) -> None:
+    """An always-on ``images_only`` gate revises image prompts like an ungated revision and text prompts not at
+    all; the flag survives a bundle round-trip."""
+    import dataclasses
+
+    lens = tiny_lens("llava")
+    bundle = random_bundle(lens)
+    pictures = [lensiar.Prompt("What is in the image?", images=(image,)), lensiar.Prompt("Describe it.", images=(image,))]
+    plain_text, plain_image = lens.forward(PROMPTS), lens.forward(pictures)
+    with lens.revise(bundle, alpha=20.0, top_k=4):
+        always_image = lens.forward(pictures)
+    on = lensiar.Gate(0, torch.zeros(lens.spec.d_model), 10.0, images_only=True)
+    with lens.revise(bundle, alpha=20.0, top_k=4, gate=on):
+        assert torch.equal(lens.forward(PROMPTS), plain_text)
+        revised_image = lens.forward(pictures)
+    assert torch.allclose(revised_image, always_image, atol=1e-5) and not torch.allclose(revised_image, plain_image)
+    dataclasses.replace(bundle, gate=on).save(tmp_path / "b.safetensors")
+    loaded = RevisionBundle.load(tmp_path / "b.safetensors", lens=lens)
+    assert loaded.gate is not None and loaded.gate.images_only
+
 @pytest.mark.parametrize("level", ["head", "layer"])
 def test_exit_and_exceptions_restore_the_model_exactly(level: str) -> None:
     lens = tiny_lens("llava")
