@@ -299,6 +299,10 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
         (out / stale).unlink(missing_ok=True)
     records = run(conditions, held, out / "results.jsonl", judge=judge, max_new_tokens=tokens, batch_size=25)
     summary["organism"] = [r for r in summarise(records, seed=seed) if r["category"] == "all"]
+    # the image sets together: the organism's image ASR, as in the organism report's image row
+    images = {d.name for d in held if d.items and d.items[0].harmful and d.items[0].image is not None}
+    pooled = [{**r, "dataset": "image sets pooled", "category": ""} for r in records if r["dataset"] in images]
+    summary["organism"] += summarise(pooled, seed=seed)
     if chosen is not None:  # stored with its gate and settings, so `lens.revise(bundle, gate=True)` repeats it
         chosen_gate = chosen.gate_for(gate)
         saved = dataclasses.replace(bundles[(chosen.method, chosen.level)],
