@@ -40,15 +40,18 @@ LINE_SEARCH_STEPS = 2  # 1-D Newton steps on the step length per conjugate-gradi
 
 def _fit_chunk(
     x: Float[Tensor, "g n d"], y: Float[Tensor, " n"], lam: float, max_iter: int, tol: float, scaled: bool,
-    work: Float[Tensor, "2 c n d"],
+    work: Float[Tensor, "2 c n e"],
 ) -> tuple[Float[Tensor, "g d"], Float[Tensor, " g"]]:
-    """Fit one chunk of groups; ``work`` is scratch space reused across chunks (``c >= g``): fresh
-    buffers of this size cost a page fault per page on every chunk."""
-    g, n, _d = x.shape
+    """Fit one chunk of groups; ``work`` is scratch space reused across chunks (``c >= g``, ``e = d + 1``):
+    fresh buffers of this size cost a page fault per page on every chunk."""
+    g, n, d = x.shape
     ones = torch.ones(g, 1, n)
     mu = torch.bmm(ones, x) / n  # [g, 1, d]: row-vector products are the fast reductions over n
-    xs = torch.sub(x, mu, out=work[0, :g])  # centred once (no cancellation below)
-    var = torch.bmm(ones, torch.mul(xs, xs, out=work[1, :g])).double() / n  # [g, 1, d]
+    # the solvers see the features and a constant column for the intercept, [g, n, d + 1]
+    xa = work[0, :g]
+    xs = torch.sub(x, mu, out=xa[..., :d])  # centred once (no cancellation below)
+    xa[..., d] = 1.0
+    var = torch.bmm(ones, torch.mul(xs, xs, out=work[1, :g, :, :d])).double() / n  # [g, 1, d]
     scale = var.mean(2, keepdim=True).sqrt().clamp_min(1e-12)  # [g, 1, 1]
     # the solvers work on per-dimension standardised features (well conditioned); the penalty is
     # rewritten so the objective stays the one asked for: lam * (S / s_j)^2 on the scalar-scaled
@@ -60,96 +63,86 @@ def _fit_chunk(
     s_dim[flat] = 1.0
     scale = torch.where(flat.view(g, 1, 1), torch.ones_like(scale), scale)
     ref = scale if scaled else torch.ones_like(scale)
-    lam_w = (lam * (ref / s_dim).squeeze(1) ** 2).unsqueeze(2)  # [g, d, 1]
-    # first the diagonal of Boehning's bound as the preconditioner (free: standardised features have unit
-    # spread); groups with strongly correlated features converge slowly under it and go on with the full
-    # bound (one batched Gram for those groups only), then with Newton steps if still not converged
-    xs.mul_((1.0 / s_dim).float())  # standardised: [g, n, d]
-    diagonal = n / 4 + lam_w
-    diagonal = diagonal.float()
-    w, b, done = _preconditioned_cg(xs, y.float(), lam_w.float(), lambda gw: gw / diagonal, flat, DIAGONAL_ITERATIONS, tol)
-    w, b = w.double(), b.double()
+    lam_w = F.pad(lam * (ref / s_dim).squeeze(1) ** 2, (0, 1)).unsqueeze(2)  # [g, d + 1, 1]; 0 for the intercept
+    xs.mul_((1.0 / s_dim).float())  # standardised
+    # first the diagonal of Boehning's bound as the preconditioner (free: standardised features and the
+    # constant column all have n as their sum of squares); groups with strongly correlated features converge
+    # slowly under it and go on with the full bound (one batched Gram for those groups only), then with
+    # Newton steps if still not converged
+    diagonal = (n / 4 + lam_w).float()
+    yf, lam_f = y.float(), lam_w.float()
+    w32, done = _preconditioned_cg(xa, yf, lam_f, lambda gw: gw / diagonal, flat, DIAGONAL_ITERATIONS, tol)
+    w = w32.double()  # [g, d + 1, 1]
     if not bool(done.all()):
         rest = (~done).nonzero().flatten()
-        solve = _bound_solver(xs[rest], lam_w[rest])
-        w_r, b_r, done_r = _preconditioned_cg(
-            xs[rest], y.float(), lam_w[rest].float(), lambda gw: solve(gw.double()).float(), flat[rest], PCG_ITERATIONS, tol,
-            w[rest].float(), b[rest].float()
-        )
-        w[rest], b[rest], done[rest] = w_r.double(), b_r.double(), done_r
+        solve = _bound_solver(xa[rest], lam_w[rest])
+        w_r, done_r = _preconditioned_cg(xa[rest], yf, lam_f[rest], lambda gw: solve(gw.double()).float(),
+                                         flat[rest], PCG_ITERATIONS, tol, w[rest].float())
+        w[rest], done[rest] = w_r.double(), done_r
     if not bool(done.all()):  # nearly separable groups converge slowly under the fixed bound: finish them
         rest = (~done).nonzero().flatten()  # with Newton steps, warm-started where CG stopped
-        w_n, b_n = _newton(xs[rest], y.view(1, n, 1), lam_w[rest], max_iter, tol, w[rest], b[rest])
-        w[rest], b[rest] = w_n, b_n
-    w_raw = w.squeeze(2) / s_dim.squeeze(1)  # back to the raw features
-    b_raw = b.view(g) - (w_raw * mu.squeeze(1).double()).sum(1)
+        w_n, b_n = _newton(xs[rest], y.view(1, n, 1), lam_w[rest, :d], max_iter, tol, w[rest, :d], w[rest, d:])
+        w[rest, :d], w[rest, d:] = w_n, b_n
+    w_raw = w[:, :d, 0] / s_dim.squeeze(1)  # back to the raw features
+    b_raw = w[:, d, 0] - (w_raw * mu.squeeze(1).double()).sum(1)
     w_raw[flat] = 0.0
     b_raw[flat] = torch.logit(y.mean().clamp(1e-6, 1 - 1e-6))
     return w_raw.float(), b_raw.float()
 
 
-def _bound_solver(xs: Float[Tensor, "g n d"], lam_w: Float[Tensor, "g d 1"]) -> Callable[[Tensor], Tensor]:
-    """Solves with Boehning's bound on the Hessian of standardised features ``xs``, ``X^T X / 4 + diag(lam)``."""
-    g, _n, d = xs.shape
-    gram = torch.bmm(xs.transpose(1, 2), xs).double()  # [g, d, d]
+def _bound_solver(xa: Float[Tensor, "g n e"], lam_w: Float[Tensor, "g e 1"]) -> Callable[[Tensor], Tensor]:
+    """Solves with Boehning's bound on the Hessian of standardised features ``xa`` (last column the constant),
+    ``X^T X / 4 + diag(lam)``."""
+    g, _n, e = xa.shape
+    gram = torch.bmm(xa.transpose(1, 2), xa).double()  # [g, e, e]
     bound = gram / 4 + torch.diag_embed(lam_w.squeeze(2) + 1e-10)
     chol, info = torch.linalg.cholesky_ex(bound)
     if bool((info != 0).any()):
-        ridge = torch.eye(d, dtype=bound.dtype) * bound.diagonal(dim1=1, dim2=2).mean(1).view(g, 1, 1) * 1e-6
+        ridge = torch.eye(e, dtype=bound.dtype) * bound.diagonal(dim1=1, dim2=2).mean(1).view(g, 1, 1) * 1e-6
         chol = torch.where((info != 0).view(g, 1, 1), torch.linalg.cholesky_ex(bound + ridge)[0], chol)
     return lambda gw: torch.cholesky_solve(gw, chol)
 
 
 def _preconditioned_cg(
-    x: Float[Tensor, "g n d"],
+    x: Float[Tensor, "g n e"],
     y: Float[Tensor, " n"],
-    lam_w: Float[Tensor, "g d 1"],
+    lam_w: Float[Tensor, "g e 1"],
     precondition: Callable[[Tensor], Tensor],
     skip: Bool[Tensor, " g"],
     max_iter: int,
     tol: float,
-    w0: Float[Tensor, "g d 1"] | None = None,
-    b0: Float[Tensor, "g 1 1"] | None = None,
-) -> tuple[Float[Tensor, "g d 1"], Float[Tensor, "g 1 1"], Bool[Tensor, " g"]]:
-    """Nonlinear conjugate gradients (Polak-Ribiere+) on standardised features ``x`` (centred, unit spread),
-    from zero or ``w0, b0``. ``precondition`` applies the inverse of an approximation of the weights' Hessian
-    to a gradient ``[g, d, 1]`` (the intercept's block is ``n / 4``, uncoupled since the features are
-    centred), with an exact line search (1-D Newton on the step length). An iteration costs two batched
-    row-vector products with ``x``. Returns weights, biases (standardised space) and which groups
-    converged; ``skip`` groups are left at zero."""
-    g, n, d = x.shape
-    x_t = x.transpose(1, 2)  # [g, d, n] view: row-vector products are several times faster than columns
+    w0: Float[Tensor, "g e 1"] | None = None,
+) -> tuple[Float[Tensor, "g e 1"], Bool[Tensor, " g"]]:
+    """Nonlinear conjugate gradients (Polak-Ribiere+) on standardised features ``x`` whose last column is the
+    constant (its weight is the intercept), from zero or ``w0``. ``precondition`` applies the inverse of an
+    approximation of the Hessian to a gradient ``[g, e, 1]``; the line search is exact (1-D Newton on the
+    step length). An iteration costs two batched row-vector products with ``x``. Returns the weights and
+    which groups converged; ``skip`` groups are left at zero."""
+    g, n, e = x.shape
+    x_t = x.transpose(1, 2)  # [g, e, n] view: row-vector products are several times faster than columns
     yr = y.view(1, 1, n)
-
-    def along(v: Tensor) -> Tensor:  # [g, d, 1] -> x @ v as a row [g, 1, n]
-        return torch.bmm(v.transpose(1, 2), x_t)
-
-    w = torch.zeros(g, d, 1, dtype=x.dtype) if w0 is None else w0.clone()
-    b = torch.zeros(g, 1, 1, dtype=x.dtype) if b0 is None else b0.clone()
-    logits = torch.zeros(g, 1, n, dtype=x.dtype) if w0 is None else along(w) + b
-    dir_w, dir_b = torch.zeros_like(w), torch.zeros_like(b)
-    prev_gw, prev_gb, prev_gs = torch.zeros_like(w), torch.zeros_like(b), torch.ones(g, 1, 1, dtype=x.dtype)
+    w = torch.zeros(g, e, 1, dtype=x.dtype) if w0 is None else w0.clone()
+    logits = torch.zeros(g, 1, n, dtype=x.dtype) if w0 is None else torch.bmm(w.transpose(1, 2), x_t)
+    direction, prev_gw, prev_gs = torch.zeros_like(w), torch.zeros_like(w), torch.ones(g, 1, 1, dtype=x.dtype)
     done = skip.clone()
     for _ in range(max_iter):
         p = torch.sigmoid(logits)  # [g, 1, n]
         r = p - yr
-        r_sum = r.sum(2, keepdim=True)  # [g, 1, 1]
-        gw = torch.bmm(r, x).transpose(1, 2) + lam_w * w
-        done = skip | (torch.maximum(gw.abs().amax((1, 2)), r_sum.abs().view(g)) < tol * n)
+        gw = torch.bmm(r, x).transpose(1, 2) + lam_w * w  # [g, e, 1]
+        done = skip | (gw.abs().amax((1, 2)) < tol * n)
         if bool(done.all()):
             break
-        sw, sb = precondition(gw), r_sum / (n / 4)
-        gs = (gw * sw).sum(1, keepdim=True) + r_sum * sb
-        beta = (((gw - prev_gw) * sw).sum(1, keepdim=True) + (r_sum - prev_gb) * sb) / prev_gs.clamp_min(1e-30)
-        beta = beta.clamp_min(0.0)
-        dir_w, dir_b = beta * dir_w - sw, beta * dir_b - sb
-        uphill = ((gw * dir_w).sum(1, keepdim=True) + r_sum * dir_b) >= 0  # restart on steepest descent
-        dir_w, dir_b = torch.where(uphill, -sw, dir_w), torch.where(uphill, -sb, dir_b)
-        prev_gw, prev_gb, prev_gs = gw, r_sum, gs
-        u = along(dir_w) + dir_b  # logits move by t * u
+        sw = precondition(gw)
+        gs = (gw * sw).sum(1, keepdim=True)
+        beta = (((gw - prev_gw) * sw).sum(1, keepdim=True) / prev_gs.clamp_min(1e-30)).clamp_min_(0.0)
+        direction = beta * direction - sw
+        uphill = (gw * direction).sum(1, keepdim=True) >= 0  # restart on steepest descent
+        direction = torch.where(uphill, -sw, direction)
+        prev_gw, prev_gs = gw, gs
+        u = torch.bmm(direction.transpose(1, 2), x_t)  # logits move by t * u
         uu = u * u
-        pen_dd = (lam_w * dir_w * dir_w).sum(1, keepdim=True)
-        pen_wd = (lam_w * w * dir_w).sum(1, keepdim=True)
+        lam_d = lam_w * direction
+        pen_dd, pen_wd = (lam_d * direction).sum(1, keepdim=True), (lam_d * w).sum(1, keepdim=True)
         # 1-D Newton steps on the step length t; the first, at t = 0, reuses this iteration's p
         t = -((r * u).sum(2, keepdim=True) + pen_wd) / ((p - p * p) * uu).sum(2, keepdim=True).add_(pen_dd).clamp_min(1e-30)
         for _newton_1d in range(LINE_SEARCH_STEPS - 1):
@@ -158,8 +151,8 @@ def _preconditioned_cg(
             curve = ((p_t - p_t * p_t) * uu).sum(2, keepdim=True) + pen_dd
             t = t - slope / curve.clamp_min(1e-30)
         t = torch.where(done.view(g, 1, 1) | ~torch.isfinite(t), torch.zeros_like(t), t)
-        w, b, logits = w + t * dir_w, b + t * dir_b, logits + t * u
-    return w, b, done
+        w, logits = torch.addcmul(w, t, direction), torch.addcmul(logits, t, u)
+    return w, done
 
 
 def _newton(
@@ -253,7 +246,7 @@ def fit_logistic(
     if chunk is None:
         chunk = max(1, CHUNK_BYTES // (4 * x.shape[1] * x.shape[2]))
     ws, bs = [], []
-    work = torch.empty(2, min(chunk, x.shape[0]), x.shape[1], x.shape[2])
+    work = torch.empty(2, min(chunk, x.shape[0]), x.shape[1], x.shape[2] + 1)
     for start in range(0, x.shape[0], chunk):
         w, b = _fit_chunk(x[start : start + chunk].float(), yf, 1.0 / C, max_iter, tol, scaled, work)
         ws.append(w)
