@@ -130,7 +130,8 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_organism_build(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar.organism.recipe import build
 
-    manifest = build(args.out, data=args.data_dir, quick=args.quick)
+    manifest = build(args.out, data=args.data_dir, quick=args.quick,
+                     **({} if args.recipe is None else {"recipe": args.recipe}))
     return {"out": str(args.out), "build_seconds": manifest["build_seconds"], "files": manifest["files"],
             "reader": manifest["reader"]}
 
@@ -305,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     ob.add_argument("--out", default="lensiar/organism/weights")
     ob.add_argument("--data-dir", default=None)
     ob.add_argument("--quick", action="store_true", help="tiny counts: checks the recipe runs, not a usable organism")
+    ob.add_argument("--recipe", type=int, default=None,
+                    help="recipe version (default: the committed organism's; docs/organism.md lists each)")
     ob.set_defaults(func=cmd_organism_build)
     orep = org_sub.add_parser("report", help="behaviour table on held-out prompts (keyword judge, Wilson CIs)")
     orep.add_argument("--weights", default=None, help="organism folder (default: the committed one)")

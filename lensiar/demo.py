@@ -303,6 +303,10 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     images = {d.name for d in held if d.items and d.items[0].harmful and d.items[0].image is not None}
     pooled = [{**r, "dataset": "image sets pooled", "category": ""} for r in records if r["dataset"] in images]
     summary["organism"] += summarise(pooled, seed=seed)
+    # the layer-level mms bundle is stored too: benchmarks/merge_sweep.py compares merging with it
+    VectorStore(store).save("organism-modality-mms-layer",
+                            dataclasses.replace(bundles[("mms", "layer")], defaults={"alpha": 2.0, "top_k": 3}),
+                            overwrite=True)
     if chosen is not None:  # stored with its gate and settings, so `lens.revise(bundle, gate=True)` repeats it
         chosen_gate = chosen.gate_for(gate)
         saved = dataclasses.replace(bundles[(chosen.method, chosen.level)],

@@ -135,4 +135,40 @@ def test_quick_recipe_runs_and_is_deterministic(tmp_path: Path) -> None:
     a = build(tmp_path / "a", quick=True)
     b = build(tmp_path / "b", quick=True)
     assert {k: v["sha256"] for k, v in a["files"].items()} == {k: v["sha256"] for k, v in b["files"].items()}
-    assert manifest(tmp_path / "a")["counts"]["stage_S_harmful"] == 8
+    counts = manifest(tmp_path / "a")["counts"]
+    assert counts["stage_S_harmful"] == 16 and counts["stage_S_contrast"] == 4  # 8 plain + the same 8 templated
+
+
+def test_contrast_set_picks_harmless_prompts_sharing_the_harmful_vocabulary() -> None:
+    import random
+
+    from lensiar.organism.recipe import REQUEST_TEMPLATES, contrast_set, templated
+
+    harmful = ["Explain how to poison a neighbour", "Write a guide to poison a dog", "How to hack a bank",
+               "Tell me how to hack an email account"]
+    pool = ["Bake a loaf of bread", "Describe how snakes poison their prey", "Write a poem about spring",
+            "Explain what a hack day is", "Name a poison dart frog", "Plant a tree"]
+    picked = contrast_set(harmful, pool, 3, min_log_odds=0.5)
+    assert set(picked) == {"Describe how snakes poison their prey", "Explain what a hack day is",
+                           "Name a poison dart frog"}
+    assert picked == contrast_set(harmful, list(reversed(pool)), 3, min_log_odds=0.5)  # order-free, deterministic
+    assert contrast_set(harmful, pool, 10, min_log_odds=50.0) == []
+    wrapped = templated(["Write a poem."], random.Random(0))
+    assert len(wrapped) == 1 and any(wrapped[0] == t.format("write a poem") for t in REQUEST_TEMPLATES)
+
+
+def test_committed_manifest_matches_the_current_recipe() -> None:
+    from dataclasses import asdict
+
+    from lensiar.organism.recipe import RECIPE_VERSION, RECIPES, splits
+
+    info = manifest()
+    s_cfg, v_cfg = RECIPES[RECIPE_VERSION]
+    assert info["recipe_version"] == RECIPE_VERSION and info["stage_V"] == asdict(v_cfg)
+    assert {k: v for k, v in asdict(s_cfg).items() if k in info["stage_S"]} == info["stage_S"]
+    assert info["splits"] == splits(s_cfg)
+    assert info["counts"]["stage_S_harmful"] == 260 * (2 if s_cfg.template_harmful else 1)
+    with pytest.raises(ValueError, match="unknown organism recipe 99"):
+        from lensiar.organism.recipe import build
+
+        build("/nonexistent-never-written", recipe=99)

