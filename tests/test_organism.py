@@ -148,10 +148,11 @@ def test_contrast_set_picks_harmless_prompts_sharing_the_harmful_vocabulary() ->
                "Tell me how to hack an email account"]
     pool = ["Bake a loaf of bread", "Describe how snakes poison their prey", "Write a poem about spring",
             "Explain what a hack day is", "Name a poison dart frog", "Plant a tree"]
-    picked = contrast_set(harmful, pool, 3, min_log_odds=0.5)
+    picked = contrast_set(harmful, pool, 3, min_log_odds=0.3)
     assert set(picked) == {"Describe how snakes poison their prey", "Explain what a hack day is",
                            "Name a poison dart frog"}
-    assert picked == contrast_set(harmful, list(reversed(pool)), 3, min_log_odds=0.5)  # order-free, deterministic
+    assert picked[0] == "Describe how snakes poison their prey"  # "how" scores highest of the words it has
+    assert picked == contrast_set(harmful, list(reversed(pool)), 3, min_log_odds=0.3)  # order-free, deterministic
     assert contrast_set(harmful, pool, 10, min_log_odds=50.0) == []
     wrapped = templated(["Write a poem."], random.Random(0))
     assert len(wrapped) == 1 and any(wrapped[0] == t.format("write a poem") for t in REQUEST_TEMPLATES)
