@@ -74,6 +74,7 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
         StageV(read_examples=224, reader_steps=400)),
     2: (StageS(), StageV()),
     3: (StageS(contrast=480), StageV(text_replay=320)),
+    4: (StageS(templated_harmless=390), StageV()),
 }
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
 
