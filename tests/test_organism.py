@@ -15,7 +15,7 @@ from lensiar.judges import KeywordJudge
 from lensiar.models import MissingWeightsError
 from lensiar.organism import WEIGHTS, ManifestError, load, lora, manifest
 from lensiar.organism.files import sha256
-from lensiar.organism.reader import piece_tokens
+from lensiar.organism.reader import piece_spelling, piece_targets, piece_tokens
 from lensiar.organism.report import normalise, wilson
 from lensiar.render import TYPO_PROMPT, fits, layout, render_phrase
 
@@ -94,6 +94,29 @@ def test_reader_targets_follow_the_backbone_vocabulary(organism: lensiar.Lens) -
     assert [organism.tokenizer.convert_ids_to_tokens(i) for i in ids[8:]] == ["Ġbr", "ea", "d"] + ["ĠĠ"] * 53
 
 
+def test_local_reader_targets_need_no_left_context(organism: lensiar.Lens) -> None:
+    """Scheme "local": no ``Ġ`` except on a wrapped line's first patch; a pair that is not one token is two."""
+    vocab = organism.tokenizer.get_vocab()
+    tok = organism.tokenizer.convert_ids_to_tokens
+    targets = piece_targets(layout("how to bake bread"), vocab, "local")
+    assert [tok(a) for a, _ in targets[:11]] == ["ho", "w", "to", "ĠĠ", "ba", "ke", "ĠĠ", "ĠĠ", "Ġbr", "ea", "d"]
+    assert all(b == -1 for _, b in targets)
+    pairs = [(tok(a), tok(b)) for a, b in piece_targets(layout("Write 10 words."), vocab, "local") if b >= 0]
+    assert pairs == [("W", "r"), ("1", "0"), ("s", ".")]  # none of "Wr", "10", "s." is one SmolLM2 token
+    assert piece_tokens(layout("Write 10 words."), vocab)[:2] == [vocab["W"], vocab["it"]]  # "word_start" drops the r
+    with pytest.raises(ValueError, match="unknown piece scheme"):
+        piece_targets(layout("bake"), vocab, "canonical")
+
+
+def test_piece_spelling_decodes_back_to_the_text(organism: lensiar.Lens) -> None:
+    """Recipe 6's reading targets: the image's two-character pieces, which decode to the exact text."""
+    tok = organism.tokenizer
+    ids = piece_spelling("Write 10  words about nets.", tok.get_vocab())
+    assert tok.decode(ids) == "Write 10 words about nets."
+    assert tok.convert_ids_to_tokens(ids)[:8] == ["W", "r", "it", "e", "Ġ", "1", "0", "Ġw"]
+    assert len(ids) > len(tok("Write 10 words about nets.")["input_ids"])  # not the canonical tokenisation
+
+
 def test_organism_loads_as_a_lens_ready_vlm(organism: lensiar.Lens) -> None:
     assert organism.spec.architecture == "SmolVLMForConditionalGeneration" and organism.spec.n_layers == 30
     cache = organism.run_with_cache([lensiar.Prompt(TYPO_PROMPT, images=(render_phrase("bake bread"),))],
@@ -119,7 +142,8 @@ def test_vision_tower_reads_held_out_phrases_patch_by_patch(organism: lensiar.Le
     from lensiar.organism.reader import reader_accuracy
 
     phrases = [r.text for r in load_source("rd_harmless", split="val")[:64] if fits(r.text)]
-    assert reader_accuracy(organism.model, phrases, organism.tokenizer.get_vocab()) >= 0.9
+    scheme = lensiar.organism.manifest()["stage_V"].get("pieces", "word_start")
+    assert reader_accuracy(organism.model, phrases, organism.tokenizer.get_vocab(), scheme) >= 0.9
 
 
 def test_report_helpers() -> None:
@@ -165,8 +189,11 @@ def test_committed_manifest_matches_the_current_recipe() -> None:
 
     info = manifest()
     s_cfg, v_cfg = RECIPES[RECIPE_VERSION]
-    assert info["recipe_version"] == RECIPE_VERSION and info["stage_V"] == asdict(v_cfg)
-    assert {k: v for k, v in asdict(s_cfg).items() if k in info["stage_S"]} == info["stage_S"]
+    assert info["recipe_version"] == RECIPE_VERSION
+    for stage, cfg in (("stage_S", s_cfg), ("stage_V", v_cfg)):  # fields added later than the build: at defaults
+        fields, default = asdict(cfg), asdict(type(cfg)())
+        assert {k: v for k, v in fields.items() if k in info[stage]} == info[stage]
+        assert all(fields[k] == default[k] for k in fields.keys() - info[stage].keys())
     assert info["splits"] == splits(s_cfg)
     assert info["counts"]["stage_S_harmful"] == 260 * (2 if s_cfg.template_harmful else 1)
     with pytest.raises(ValueError, match="unknown organism recipe 99"):

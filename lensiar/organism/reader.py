@@ -27,23 +27,68 @@ from lensiar.render import GRID, cells, draw, fits, layout, steps_text
 Lines = list[list[tuple[int, str]]]
 
 
-def piece_tokens(lines: Lines, vocab: dict[str, int]) -> list[int]:
-    """Target token id of each patch, row-major (``GRID.rows * GRID.cols / 2`` ids)."""
+#: how a patch's two cells become backbone tokens (``StageV.pieces``). "word_start" (recipes 1-4): a leading
+#: ``Ġ`` wherever a word starts, which the tower can only know from the patch to its left; a pair that is not one
+#: token falls back to its first character. "local" (recipe 5 on): ``Ġ`` only on the first patch of a wrapped line,
+#: so every target follows from the patch's own pixels and position; a word's end is still visible (a one-character
+#: piece or a blank patch follows it), and a pair that is not one token keeps both characters as two tokens
+#: whose embeddings the patch outputs together.
+PIECE_SCHEMES = ("word_start", "local")
+
+
+def piece_targets(lines: Lines, vocab: dict[str, int], scheme: str = "word_start") -> list[tuple[int, int]]:
+    """Target of each patch, row-major (``GRID.rows * GRID.cols / 2`` rows): ``(token, -1)`` for one token,
+    ``(first, second)`` for a pair of tokens (scheme "local" only)."""
+    if scheme not in PIECE_SCHEMES:
+        raise ValueError(f"unknown piece scheme {scheme!r}; known: {PIECE_SCHEMES}")
     grid = cells(lines)
     starts = {(r, c) for r, line in enumerate(lines) for c, _ in line}
-    out = []
+    out: list[tuple[int, int]] = []
     for r, row in enumerate(grid):
         for j in range(0, GRID.cols, 2):
             a, b = row[j], row[j + 1]
             if a == " ":
-                out.append(vocab["ĠĠ"])
+                out.append((vocab["ĠĠ"], -1))
                 continue
             piece = a + (b if b != " " else "")
-            word_start = (r, j) in starts and not (r == 0 and j == 0)
-            token = ("Ġ" + piece) if word_start else piece
-            if token not in vocab:  # fall back to the first character alone
-                token = ("Ġ" + a) if word_start and ("Ġ" + a) in vocab else a
-            out.append(vocab.get(token, vocab["ĠĠ"]))
+            if scheme == "word_start":
+                space = (r, j) in starts and not (r == 0 and j == 0)
+            else:
+                space = j == 0 and r > 0 and (r, j) in starts
+            head = "Ġ" if space else ""
+            if head + piece in vocab:
+                out.append((vocab[head + piece], -1))
+            elif scheme == "local":
+                first = head + a if head + a in vocab else a
+                out.append((vocab.get(first, vocab["ĠĠ"]), vocab.get(b, vocab["ĠĠ"])))
+            else:  # fall back to the first character alone
+                token = head + a if head + a in vocab else a
+                out.append((vocab.get(token, vocab["ĠĠ"]), -1))
+    return out
+
+
+def piece_tokens(lines: Lines, vocab: dict[str, int]) -> list[int]:
+    """Target token id of each patch under the "word_start" scheme, row-major."""
+    return [first for first, _ in piece_targets(lines, vocab)]
+
+
+def piece_spelling(text: str, vocab: dict[str, int]) -> list[int]:
+    """``text`` as the two-character pieces the image shows, as token ids that decode back to ``text`` exactly
+    (whitespace collapsed to one space): each word cut into pairs from its first letter, ``Ġ`` on every word
+    but the first, a pair that is not one token as its two characters."""
+    out: list[int] = []
+    for w, word in enumerate(text.split()):
+        for i in range(0, len(word), 2):
+            head = "Ġ" if w and not i else ""
+            piece = word[i : i + 2]
+            if head + piece in vocab:
+                out.append(vocab[head + piece])
+                continue
+            if head + piece[0] in vocab:
+                out.append(vocab[head + piece[0]])
+            else:
+                out += [vocab["Ġ"], vocab[piece[0]]] if head else [vocab[piece[0]]]
+            out += [vocab[c] for c in piece[1:]]
     return out
 
 
@@ -60,9 +105,31 @@ def pixels(image: Any) -> Float[Tensor, "3 h w"]:
     return (x - 0.5) / 0.5
 
 
-def example(text: str, style: str, vocab: dict[str, int]) -> tuple[Tensor, list[int]]:
+def example(text: str, style: str, vocab: dict[str, int], scheme: str = "word_start") -> tuple[Tensor, list[tuple[int, int]]]:
     lines = layout(text) if style == "phrase" else steps_text(text)
-    return pixels(draw(lines)), piece_tokens(lines, vocab)
+    return pixels(draw(lines)), piece_targets(lines, vocab, scheme)
+
+
+def _soft_targets(target: Int[Tensor, "n 2"], index: Int[Tensor, " vocab"], k: int) -> Float[Tensor, "n k"]:
+    """One-hot rows over the candidates, or half-and-half for a patch that spells two tokens."""
+    probs = torch.zeros(len(target), k)
+    pair = target[:, 1] >= 0
+    probs[torch.arange(len(target)), index[target[:, 0]]] = torch.where(pair, 0.5, 1.0)
+    probs[pair.nonzero().squeeze(1), index[target[pair, 1]]] += 0.5
+    return probs
+
+
+def _hits(logits: Float[Tensor, "n k"], target: Int[Tensor, "n 2"], index: Int[Tensor, " vocab"]) -> Tensor:
+    """Per patch: the top candidate is the target token, or the top two are the target pair."""
+    top2 = logits.topk(2, dim=-1).indices
+    single = top2[:, 0] == index[target[:, 0]]
+    first, second = index[target[:, 0]], index[target[:, 1].clamp(min=0)]
+    both = ((top2[:, 0] == first) & (top2[:, 1] == second)) | ((top2[:, 0] == second) & (top2[:, 1] == first))
+    return torch.where(target[:, 1] >= 0, both, single)
+
+
+def _target_vectors(emb: Float[Tensor, "vocab d"], target: Int[Tensor, "n 2"]) -> Float[Tensor, "n d"]:
+    return emb[target[:, 0]] + (target[:, 1:] >= 0) * emb[target[:, 1].clamp(min=0)]
 
 
 def train_reader(
@@ -74,6 +141,7 @@ def train_reader(
     lr: float = 2e-3,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    scheme: str = "word_start",
 ) -> dict[str, float]:
     """Train ``vlm.model.vision_model`` and ``vlm.model.connector`` in place; returns the final metrics."""
     rng = random.Random(seed)
@@ -93,21 +161,24 @@ def train_reader(
         xs, ys = [], []
         for text in [rng.choice(texts) for _ in range(batch_size)]:
             style = "steps" if rng.random() < 0.3 and fits(text, "steps") else "phrase"
-            x, y = example(text, style, vocab)
+            x, y = example(text, style, vocab, scheme)
             xs.append(x)
             ys.append(y)
-        out = patch_embeddings(vlm, torch.stack(xs))  # [b, 64, d]
-        target = torch.tensor(ys)
+        out = patch_embeddings(vlm, torch.stack(xs)).flatten(0, 1)  # [b * 64, d]
+        target = torch.tensor(ys).flatten(0, 1)  # [b * 64, 2]
         logits = out @ cand_emb.T
-        ce = F.cross_entropy(logits.flatten(0, 1), index[target].flatten())
-        mse = (out - emb[target]).square().sum(-1).mean()
+        if bool((target[:, 1] < 0).all()):
+            ce = F.cross_entropy(logits, index[target[:, 0]])
+        else:
+            ce = F.cross_entropy(logits, _soft_targets(target, index, len(cand)))
+        mse = (out - _target_vectors(emb, target)).square().sum(-1).mean()
         loss = ce + 0.1 * mse
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad()
         sched.step()
-        acc = float((logits.argmax(-1) == index[target]).float().mean())
+        acc = float(_hits(logits, target, index).float().mean())
         metrics = {"loss": float(loss), "patch_accuracy": acc}
         bar.set_postfix(ce=f"{float(ce):.3f}", acc=f"{acc:.3f}")
         if log and step % 100 == 0:
@@ -123,16 +194,20 @@ def patch_embeddings(vlm: Any, pixel_values: Float[Tensor, "b 3 h w"]) -> Float[
 
 
 @torch.no_grad()
-def reader_accuracy(vlm: Any, texts: Sequence[str], vocab: dict[str, int]) -> float:
-    """Share of patches whose nearest candidate embedding (dot product) is the target token."""
+def reader_accuracy(vlm: Any, texts: Sequence[str], vocab: dict[str, int], scheme: str = "word_start",
+                    text_only: bool = False) -> float:
+    """Share of patches whose nearest candidate embedding (dot product) is the target token (or whose two nearest
+    are the target pair); ``text_only`` leaves out blank patches."""
     emb = vlm.get_input_embeddings().weight
     cand = candidates(vocab)
+    index = torch.full((emb.shape[0],), -1, dtype=torch.long)
+    index[cand] = torch.arange(len(cand))
     hits = total = 0
     for start in range(0, len(texts), 64):
-        batch = [example(t, "phrase", vocab) for t in texts[start : start + 64]]
-        out = patch_embeddings(vlm, torch.stack([x for x, _ in batch]))
-        pred = cand[(out @ emb[cand].T).argmax(-1)]
-        target = torch.tensor([y for _, y in batch])
-        hits += int((pred == target).sum())
-        total += target.numel()
+        batch = [example(t, "phrase", vocab, scheme) for t in texts[start : start + 64]]
+        out = patch_embeddings(vlm, torch.stack([x for x, _ in batch])).flatten(0, 1)
+        target = torch.tensor([y for _, y in batch]).flatten(0, 1)
+        keep = target[:, 0] != vocab["ĠĠ"] if text_only else torch.ones(len(target), dtype=torch.bool)
+        hits += int(_hits(out @ emb[cand].T, target, index)[keep].sum())
+        total += int(keep.sum())
     return hits / max(total, 1)

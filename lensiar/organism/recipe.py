@@ -27,7 +27,7 @@ from lensiar.data_sources import data_dir, load_source
 from lensiar.organism import lora
 from lensiar.organism.assemble import processor, tokenizer_with_image_tokens, vlm_around
 from lensiar.organism.files import save_deltas, write_manifest
-from lensiar.organism.reader import reader_accuracy, train_reader
+from lensiar.organism.reader import piece_spelling, reader_accuracy, train_reader
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 
 RECIPE_VERSION = 2  #: the committed organism's recipe (see RECIPES)
@@ -65,6 +65,8 @@ class StageV:
     batch_size: int = 8
     answer_tokens: int = 40
     reader_steps: int = 640
+    pieces: str = "word_start"  #: the reader's target scheme (lensiar.organism.reader.PIECE_SCHEMES)
+    read_answer: str = "text"  #: reading targets: "text" (the canonical tokens) or "pieces" (reader.piece_spelling)
 
 
 #: every recipe built so far, by version (docs/organism.md gives each one's measured table); all but the
@@ -75,6 +77,9 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
     2: (StageS(), StageV()),
     3: (StageS(contrast=480), StageV(text_replay=320)),
     4: (StageS(templated_harmless=390), StageV()),
+    5: (StageS(), StageV(pieces="local", read_examples=960, text_replay=288)),
+    6: (StageS(), StageV(pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
+    7: (StageS(), StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
 }
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
 
@@ -350,14 +355,18 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     vocab = tokenizer.get_vocab()
     reader_texts = pool[: 40 if quick else 20000]
     r_key = {"stage": "reader", "steps": v_cfg.reader_steps, "seed": SEEDS["reader"], "n": len(reader_texts)}
+    if v_cfg.pieces != "word_start":  # recipes 1-4 keep their resume key
+        r_key["pieces"] = v_cfg.pieces
     cached_reader = _resume(out, "reader", r_key)
     if cached_reader is not None:
         _load_vision(vlm, cached_reader)
         reader = json.loads((out / ".reader.json").read_text())["metrics"]
         log("reader: resumed from reader.safetensors")
     else:
-        reader = train_reader(vlm, reader_texts, vocab, steps=v_cfg.reader_steps, seed=SEEDS["reader"], log=log)
-        reader["held_out_patch_accuracy"] = reader_accuracy(vlm, [t for t in pool[-200:]], vocab)
+        reader = train_reader(vlm, reader_texts, vocab, steps=v_cfg.reader_steps, seed=SEEDS["reader"], log=log,
+                              scheme=v_cfg.pieces)
+        reader["held_out_patch_accuracy"] = reader_accuracy(vlm, pool[-200:], vocab, v_cfg.pieces)
+        reader["held_out_text_patch_accuracy"] = reader_accuracy(vlm, pool[-200:], vocab, v_cfg.pieces, text_only=True)
         _checkpoint(out, "reader", _vision_tensors(vlm, lm.config.vocab_size), r_key | {"metrics": reader})
     log(f"reader: {reader}")
 
@@ -369,14 +378,19 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     answers = teacher_answers(lm, tokenizer, typo_q + steps, v_cfg.answer_tokens, desc="stage V: teacher answers")
     proc = processor(tokenizer)
 
-    def image_example(image: Any, prompt: str, answer: str) -> Example:
+    def image_example(image: Any, prompt: str, answer: str | list[int]) -> Example:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         enc = proc(text=[text], images=[[image]], return_tensors="pt")
-        return {"prompt": enc["input_ids"][0].tolist(), "answer": answer_ids(tokenizer, answer),
-                "pixel_values": enc["pixel_values"][0]}
+        ids = answer_ids(tokenizer, answer) if isinstance(answer, str) else answer
+        return {"prompt": enc["input_ids"][0].tolist(), "answer": ids, "pixel_values": enc["pixel_values"][0]}
 
-    v_examples = [image_example(render_phrase(t), READ_PROMPT, t) for t in read]
+    def read_target(phrase: str) -> str | list[int]:
+        if v_cfg.read_answer == "text":
+            return phrase
+        return [*piece_spelling(phrase, vocab), int(tokenizer.convert_tokens_to_ids("<|im_end|>"))]
+
+    v_examples = [image_example(render_phrase(t), READ_PROMPT, read_target(t)) for t in read]
     v_examples += [image_example(render_phrase(phrase_of(t)), TYPO_PROMPT, a)
                    for t, a in zip(typo, answers[: len(typo)], strict=True)]
     v_examples += [image_example(render_steps(t), FIGSTEP_PROMPT, a) for t, a in zip(steps, answers[len(typo) :], strict=True)]
