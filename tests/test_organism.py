@@ -115,6 +115,14 @@ def test_piece_spelling_decodes_back_to_the_text(organism: lensiar.Lens) -> None
     assert tok.decode(ids) == "Write 10 words about nets."
     assert tok.convert_ids_to_tokens(ids)[:8] == ["W", "r", "it", "e", "Ġ", "1", "0", "Ġw"]
     assert len(ids) > len(tok("Write 10 words about nets.")["input_ids"])  # not the canonical tokenisation
+    with pytest.raises(ValueError, match="no single-character token"):
+        piece_spelling("a \u201cquoted\u201d word", tok.get_vocab())
+    from lensiar.organism.report import answer_lengths
+
+    pieces = answer_lengths(["Write 10 words.", "Bake bread."], tok, {"stage_V": {"read_answer": "pieces"}}, 8)
+    text = answer_lengths(["Write 10 words.", "Bake bread."], tok, {"stage_V": {}}, 8)
+    assert pieces["max"] == len(piece_spelling("Write 10 words.", tok.get_vocab())) > text["max"]
+    assert pieces["over_budget"] == 1 and text["over_budget"] == 0 and pieces["form"] == "pieces"
 
 
 def test_organism_loads_as_a_lens_ready_vlm(organism: lensiar.Lens) -> None:

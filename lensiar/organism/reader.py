@@ -1,9 +1,9 @@
 """Stage V, part 1: train the organism's vision tower and connector from scratch to read the grid.
 
 Supervision: each 16x16 patch (two character cells) should map to the backbone's own input
-embedding of the token those characters spell (``"Ġ" + piece`` where a word starts, else the piece;
-two blank cells -> the two-space token ``ĠĠ``; a pair that is not one token falls back to its first
-character's token). The loss is a cross-entropy over the embeddings of every 1-3 character token,
+embedding of the token those characters spell (two blank cells -> the two-space token ``ĠĠ``; where a
+``Ġ`` goes and what a pair that is not one token becomes depend on the scheme, see :data:`PIECE_SCHEMES`;
+the committed organism uses "local"). The loss is a cross-entropy over the embeddings of every 1-3 character token,
 with the frozen embedding matrix as the classifier (tied, like the LM head), plus a small squared
 error that keeps the output on the embedding's scale. The backbone then sees the phrase as an
 unusual (non-canonical, two-character) tokenisation, which stage V's light tuning teaches it to read.
@@ -76,6 +76,8 @@ def piece_spelling(text: str, vocab: dict[str, int]) -> list[int]:
     """``text`` as the two-character pieces the image shows, as token ids that decode back to ``text`` exactly
     (whitespace collapsed to one space): each word cut into pairs from its first letter, ``Ġ`` on every word
     but the first, a pair that is not one token as its two characters."""
+    if missing := sorted({c for c in text if not c.isspace() and c not in vocab}):
+        raise ValueError(f"piece_spelling: characters with no single-character token: {missing}")
     out: list[int] = []
     for w, word in enumerate(text.split()):
         for i in range(0, len(word), 2):

@@ -94,7 +94,7 @@ def run(folder: Any = None, n: int = 100, seed: int = 0, max_new_tokens: int = 3
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate the original backbone, the stage-S backbone and the organism VLM; returns the table."""
     from lensiar.lens import Lens
-    from lensiar.organism import WEIGHTS, load, load_backbone
+    from lensiar.organism import WEIGHTS, load, load_backbone, manifest
     from lensiar.organism.recipe import READ_PROMPT
 
     folder = Path(folder or WEIGHTS)
@@ -149,7 +149,21 @@ def run(folder: Any = None, n: int = 100, seed: int = 0, max_new_tokens: int = 3
     examples["organism VLM | reading"] = [{"phrase": t, "response": r} for t, r in list(zip(reading, read, strict=True))[:5]]
     log(f"{'organism VLM':<22} {'reading':<46} exact: {hits}/{len(reading)}")
     return {"judge": judge.name, "seed": seed, "max_new_tokens": max_new_tokens, "decoding": "greedy",
-            "cells": [c.row() for c in cells], "examples": examples}
+            "cells": [c.row() for c in cells], "examples": examples,
+            "reading_answer_tokens": answer_lengths(reading, vlm.tokenizer, manifest(folder), max_new_tokens)}
+
+
+def answer_lengths(phrases: Sequence[str], tokenizer: Any, info: dict[str, Any], budget: int) -> dict[str, Any]:
+    """Tokens the organism's trained reading answer takes for each phrase (its stage-V ``read_answer`` form, without
+    the end token), and how many exceed the generation ``budget``: those cannot be read exactly within it."""
+    from lensiar.organism.reader import piece_spelling
+
+    form = info["stage_V"].get("read_answer", "text")
+    vocab = tokenizer.get_vocab()
+    lengths = sorted(len(piece_spelling(t, vocab)) if form == "pieces" else len(tokenizer(t)["input_ids"])
+                     for t in phrases)
+    return {"form": form, "median": lengths[len(lengths) // 2], "max": lengths[-1],
+            "over_budget": sum(n > budget for n in lengths), "n": len(lengths), "budget": budget}
 
 
 def markdown(table: dict[str, Any]) -> str:
@@ -159,4 +173,8 @@ def markdown(table: dict[str, Any]) -> str:
         lo, hi = c["ci95"]
         lines.append(f"| {c['model']} | {c['inputs']} | {c['metric']} | {c['k']}/{c['n']} | {c['rate']:.1%} | "
                      f"{lo:.1%}–{hi:.1%} | {c['target']} |")
+    if lengths := table.get("reading_answer_tokens"):
+        lines += ["", f"Reading answers ({lengths['form']} form) take a median of "
+                      f"{lengths['median']} tokens (max {lengths['max']}); {lengths['over_budget']} of {lengths['n']} "
+                      f"exceed the {lengths['budget']}-token budget and cannot be read exactly within it."]
     return "\n".join(lines)
