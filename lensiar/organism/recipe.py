@@ -80,6 +80,7 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
     5: (StageS(), StageV(pieces="local", read_examples=960, text_replay=288)),
     6: (StageS(), StageV(pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
     7: (StageS(), StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
+    8: (StageS(), StageV(per_task=224, pieces="local", read_examples=960, text_replay=576, read_answer="pieces")),
 }
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
 
