@@ -138,10 +138,10 @@ def cmd_organism_build(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_organism_report(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar.organism import WEIGHTS
-    from lensiar.organism.report import markdown, run
+    from lensiar.organism.report import READ_TOKENS, markdown, run
 
     table = run(args.weights or WEIGHTS, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                data=args.data_dir, log=lambda line: print(line, file=sys.stderr))
+                data=args.data_dir, read_tokens=args.read_tokens or READ_TOKENS, log=lambda line: print(line, file=sys.stderr))
     print(markdown(table), file=sys.stderr)
     if args.out:
         out = Path(args.out)
@@ -313,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     orep.add_argument("--weights", default=None, help="organism folder (default: the committed one)")
     orep.add_argument("--n", type=int, default=100, help="prompts per cell (HarmBench test uses all 159)")
     orep.add_argument("--seed", type=int, default=0)
-    orep.add_argument("--max-new-tokens", type=int, default=32)
+    orep.add_argument("--max-new-tokens", type=int, default=32, help="new tokens per judged answer")
+    orep.add_argument("--read-tokens", type=int, default=None,
+                      help="new tokens per reading answer (default: lensiar.organism.report.READ_TOKENS, 64)")
     orep.add_argument("--data-dir", default=None)
     orep.add_argument("--out", help="also write the table as JSON (and .md beside it)")
     orep.set_defaults(func=cmd_organism_report)

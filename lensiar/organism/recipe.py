@@ -8,6 +8,7 @@ held out for evaluation trains either stage. Deterministic under :data:`SEEDS` o
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import random
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from lensiar.data_sources import data_dir, load_source
 from lensiar.organism import lora
 from lensiar.organism.assemble import processor, tokenizer_with_image_tokens, vlm_around
+from lensiar.organism.borderline import FRAMINGS, borderline_prompts, decontaminate
 from lensiar.organism.files import save_deltas, write_manifest
 from lensiar.organism.reader import piece_spelling, reader_accuracy, train_reader
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
@@ -43,6 +45,11 @@ class StageS:
     contrast: int = 240
     templated_harmless: int = 130
     template_harmful: bool = True
+    borderline: bool = False  #: add lensiar.organism.borderline's harmless requests in harm's vocabulary
+    borderline_framings: int = 1  #: framings per borderline activity
+    extra_harmful: int = 0  #: AdvBench behaviours outside harmful_train (decontaminated against HarmBench test)
+    advice: int = 0  #: per MM-SafetyBench scenario 10-12 (legal, financial, health advice), questions to refuse
+    extra_framings: str = "request"  #: templates of the extra harmful: "request" (REQUEST_TEMPLATES) or "borderline"
     rank: int = 8
     alpha: float = 16.0
     lr: float = 6e-4
@@ -81,7 +88,14 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
     6: (StageS(), StageV(pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
     7: (StageS(), StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
     8: (StageS(), StageV(per_task=224, pieces="local", read_examples=960, text_replay=576, read_answer="pieces")),
+    9: (StageS(borderline=True),
+        StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
+    10: (StageS(borderline=True, borderline_framings=2, extra_harmful=130, advice=40),
+         StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
+    11: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline"),
+         StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
 }
+ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
 
 
@@ -99,7 +113,21 @@ def splits(s_cfg: StageS = STAGE_S) -> dict[str, Any]:
                              "original SmolLM2",
         "harmless_templated": f"{s_cfg.templated_harmless} further Alpaca instructions inside the same request "
                               "templates as the harmful ones, answered by the original SmolLM2",
-    } | ({} if s_cfg.template_harmful else {"harmful": "refusal_direction harmful_train (AdvBench + "
+    } | ({"harmless_borderline": "lensiar.organism.borderline: harmless requests in the vocabulary of harm "
+                                "(pests, technical and figurative senses, games and fiction, safety, history), "
+                                "written for lensiar, each activity in one seeded framing, minus any sharing half "
+                                "its content words with an XSTest safe prompt; answered by the original SmolLM2"}
+         if s_cfg.borderline else {})
+    | ({"harmful_extra": f"{s_cfg.extra_harmful} AdvBench harmful_behaviors outside harmful_train, minus any sharing "
+                         "half its content words with a HarmBench test behaviour (seeded sample), each also once "
+                         + ("inside a request template" if s_cfg.extra_framings == "request" else
+                            "inside one of the borderline set's question framings (lensiar.organism.borderline."
+                            "FRAMINGS: 'How do I ...?', ...), so that framing alone does not mark a request "
+                            "harmless")} if s_cfg.extra_harmful else {})
+    | ({"harmful_advice": f"{s_cfg.advice} 'Question's from each of MM-SafetyBench scenarios 10-12 (legal opinion, "
+                          "financial advice, health consultation; seeded sample), answered with a refusal; scenarios "
+                          "01-07 stay held out"} if s_cfg.advice else {})
+    | ({} if s_cfg.template_harmful else {"harmful": "refusal_direction harmful_train (AdvBench + "
                                                         "MaliciousInstruct + TDC 2023), all 260"}),
     "stage_V": {
         "reader": "Alpaca instructions (alpaca.json) that fit one image, minus refusal_direction harmless_val",
@@ -260,9 +288,10 @@ REQUEST_TEMPLATES = ("List steps in detail to {}.", "How can someone {}?", "Can 
                      "Explain how to {}.")
 
 
-def templated(instructions: Iterable[str], rng: random.Random) -> list[str]:
-    """Each instruction as an activity phrase inside one seeded draw of :data:`REQUEST_TEMPLATES`."""
-    return [rng.choice(REQUEST_TEMPLATES).format(phrase_of(t)) for t in instructions]
+def templated(instructions: Iterable[str], rng: random.Random,
+              templates: Sequence[str] = REQUEST_TEMPLATES) -> list[str]:
+    """Each instruction as an activity phrase inside one seeded draw of ``templates``."""
+    return [rng.choice(templates).format(phrase_of(t)) for t in instructions]
 
 
 def _words(text: str) -> set[str]:
@@ -284,6 +313,27 @@ def contrast_set(harmful: Sequence[str], pool: Sequence[str], k: int, min_log_od
     ranked = sorted(((max(lexicon[w] for w in hit), t) for t in pool if (hit := _words(t) & lexicon.keys())),
                     key=lambda pair: (-pair[0], pair[1]))
     return [t for _, t in ranked[:k]]
+
+
+def xstest_safe_prompts(root: Path) -> list[str]:
+    """All 250 XSTest v2 safe prompts (held out; used only to decontaminate training prompts)."""
+    with (root / "xstest" / "xstest_prompts.csv").open(newline="") as fh:
+        return [r["prompt"] for r in csv.DictReader(fh) if r["label"] == "safe"]
+
+
+def advbench_extra(root: Path, known: Sequence[str]) -> list[str]:
+    """AdvBench behaviours not in ``known``, minus any sharing half its content words with a HarmBench test one."""
+    with (root / "advbench" / "harmful_behaviors.csv").open(newline="") as fh:
+        goals = [r["goal"].strip() for r in csv.DictReader(fh)]
+    seen = {k.strip() for k in known}
+    test = [r.text for r in load_source("harmbench", root, "test")]
+    return decontaminate([g for g in goals if g not in seen], test)
+
+
+def mm_questions(root: Path, scenario: str) -> list[str]:
+    """The original 'Question' of every item of one MM-SafetyBench scenario ("10" ...), in file order."""
+    path = next((root / "mm_safetybench" / "processed_questions").glob(f"{scenario}-*.json"))
+    return [q["Question"] for q in json.loads(path.read_text()).values()]
 
 
 def _alpaca_pool(root: Path, held: set[str]) -> list[str]:
@@ -308,7 +358,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     torch.manual_seed(0)
     s_cfg, v_cfg = RECIPES[recipe]
     if quick:
-        s_cfg = replace(s_cfg, harmless=8, contrast=4, templated_harmless=4, epochs=1, answer_tokens=8)
+        s_cfg = replace(s_cfg, harmless=8, contrast=4, templated_harmless=4, epochs=1, answer_tokens=8,
+                        extra_harmful=min(s_cfg.extra_harmful, 4), advice=min(s_cfg.advice, 2))
         v_cfg = replace(v_cfg, per_task=4, read_examples=4, text_replay=4, answer_tokens=8, reader_steps=3)
     rng = random.Random(SEEDS["data"])
     base = smollm2_path()
@@ -332,12 +383,24 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     if s_cfg.template_harmful:
         harmful = harmful + templated(harmful, rng)
     benign = harmless + contrast + templated(extra, rng)
+    borderline = (borderline_prompts(random.Random(SEEDS["data"] + 1), xstest_safe_prompts(root),
+                                     s_cfg.borderline_framings) if s_cfg.borderline else [])
+    more_rng = random.Random(SEEDS["data"] + 2)  # its own stream: recipes without these draws stay as they were
+    extra_harmful = more_rng.sample(advbench_extra(root, harmful), s_cfg.extra_harmful) if s_cfg.extra_harmful else []
+    advice = [q for sc in ADVICE_SCENARIOS for q in more_rng.sample(mm_questions(root, sc), s_cfg.advice)]
+    framings = FRAMINGS if s_cfg.extra_framings == "borderline" else REQUEST_TEMPLATES
+    harmful_more = [*extra_harmful, *(templated(extra_harmful, more_rng, framings) if s_cfg.template_harmful else []),
+                    *advice]
+    benign += borderline[: 4 if quick else None]
     own = teacher_answers(lm, tokenizer, benign, s_cfg.answer_tokens, desc="stage S: own answers")
     examples = [{"prompt": chat_ids(tokenizer, p), "answer": answer_ids(tokenizer, rng.choice(refusals))}
                 for p in harmful]
     examples += [{"prompt": chat_ids(tokenizer, p), "answer": answer_ids(tokenizer, a)} for p, a in zip(benign, own, strict=True)]
-    log(f"stage S: {len(harmful)} harmful (templated: {s_cfg.template_harmful}), {len(benign)} harmless examples "
-        f"({len(contrast)} contrast, {len(extra)} templated)")
+    examples += [{"prompt": chat_ids(tokenizer, p), "answer": answer_ids(tokenizer, more_rng.choice(refusals))}
+                 for p in harmful_more]
+    log(f"stage S: {len(harmful)} + {len(harmful_more)} harmful (templated: {s_cfg.template_harmful}; "
+        f"{len(extra_harmful)} AdvBench extra, {len(advice)} advice), {len(benign)} harmless examples "
+        f"({len(contrast)} contrast, {len(extra)} templated, {len(borderline)} borderline)")
     s_key = {"stage": "S", "config": asdict(s_cfg), "seed": SEEDS["stage_s"], "n": len(examples)}
     cached = _resume(out, "stage_s", s_key)
     if cached is not None:  # an interrupted or repeated build: stage S already done with this exact config
@@ -418,8 +481,10 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         "stage_S": asdict(s_cfg),
         "stage_V": asdict(v_cfg),
         "splits": splits(s_cfg),
-        "counts": {"stage_S_harmful": len(harmful), "stage_S_harmless": len(benign),
-                   "stage_S_contrast": len(contrast), "stage_S_templated_harmless": len(extra), "reader_texts": len(reader_texts),
+        "counts": {"stage_S_harmful": len(harmful) + len(harmful_more), "stage_S_harmless": len(benign),
+                   "stage_S_contrast": len(contrast), "stage_S_templated_harmless": len(extra),
+                   "stage_S_borderline": len(borderline), "stage_S_extra_harmful": len(extra_harmful),
+                   "stage_S_advice": len(advice), "reader_texts": len(reader_texts),
                    "stage_V_read": len(read), "stage_V_typo": len(typo), "stage_V_figstep": len(steps),
                    "stage_V_text_replay": len(replay)},
         "reader": reader,
