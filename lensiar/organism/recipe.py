@@ -32,7 +32,7 @@ from lensiar.organism.files import save_deltas, write_manifest
 from lensiar.organism.reader import piece_spelling, reader_accuracy, train_reader
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 
-RECIPE_VERSION = 7  #: the committed organism's recipe (see RECIPES)
+RECIPE_VERSION = 11  #: the committed organism's recipe (see RECIPES)
 SEEDS = {"data": 0, "stage_s": 1, "reader": 2, "stage_v": 3}
 READ_PROMPT = "What does the text in the image say?"
 
@@ -402,11 +402,13 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         f"{len(extra_harmful)} AdvBench extra, {len(advice)} advice), {len(benign)} harmless examples "
         f"({len(contrast)} contrast, {len(extra)} templated, {len(borderline)} borderline)")
     s_key = {"stage": "S", "config": asdict(s_cfg), "seed": SEEDS["stage_s"], "n": len(examples)}
+    resumed: list[str] = []  # stages taken from an earlier run's checkpoint (build_seconds then excludes them)
     cached = _resume(out, "stage_s", s_key)
     if cached is not None:  # an interrupted or repeated build: stage S already done with this exact config
         stage_s = cached
         lora.apply_factors(lm.model, stage_s)
         log("stage S: resumed from stage_s.safetensors")
+        resumed.append("stage_S")
     else:
         stage_s = tune(lm, lm.model, examples, pad_id, s_cfg.rank, s_cfg.alpha, s_cfg.lr, s_cfg.epochs,
                        s_cfg.batch_size, SEEDS["stage_s"], "stage S: safety tuning", log)
@@ -426,6 +428,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         _load_vision(vlm, cached_reader)
         reader = json.loads((out / ".reader.json").read_text())["metrics"]
         log("reader: resumed from reader.safetensors")
+        resumed.append("reader")
     else:
         reader = train_reader(vlm, reader_texts, vocab, steps=v_cfg.reader_steps, seed=SEEDS["reader"], log=log,
                               scheme=v_cfg.pieces)
@@ -490,6 +493,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         "reader": reader,
         "files": files,
         "build_seconds": round(seconds, 1),
+        "resumed_stages": resumed,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": tf.__version__,
