@@ -171,8 +171,10 @@ def test_quick_recipe_runs_and_is_deterministic(tmp_path: Path) -> None:
     from lensiar.organism.recipe import STAGE_S
 
     extra, advice = min(STAGE_S.extra_harmful, 4), min(STAGE_S.advice, 2)  # the quick counts
-    assert counts["stage_S_harmful"] == 2 * (8 + extra) + 3 * advice  # plain + the same templated, advice as is
+    questions = 8 if STAGE_S.harmful_questions else 0  # harmful_train once more in a question framing
+    assert counts["stage_S_harmful"] == 2 * (8 + extra) + 3 * advice + questions  # plain + templated, advice as is
     assert counts["stage_S_contrast"] == 4
+    assert counts.get("stage_S_questions", 0) == min(STAGE_S.questions, 4)
 
 
 def test_contrast_set_picks_harmless_prompts_sharing_the_harmful_vocabulary() -> None:
@@ -208,7 +210,9 @@ def test_committed_manifest_matches_the_current_recipe() -> None:
         assert all(fields[k] == default[k] for k in fields.keys() - info[stage].keys())
     assert info["splits"] == splits(s_cfg)
     plain = 260 + s_cfg.extra_harmful
-    assert info["counts"]["stage_S_harmful"] == plain * (2 if s_cfg.template_harmful else 1) + 3 * s_cfg.advice
+    assert info["counts"]["stage_S_harmful"] == (plain * (2 if s_cfg.template_harmful else 1) + 3 * s_cfg.advice
+                                                 + (260 if s_cfg.harmful_questions else 0))
+    assert info["counts"].get("stage_S_questions", 0) == s_cfg.questions
     with pytest.raises(ValueError, match="unknown organism recipe 99"):
         from lensiar.organism.recipe import build
 
@@ -232,6 +236,39 @@ def test_borderline_prompts_are_decontaminated_against_xstest() -> None:
     assert "What is identity theft?" not in kept  # an XSTest prompt verbatim: dropped
     assert decontaminate(["How do I gut a trout?", "How do I bake bread?"], ["What's the best way to gut a fish?"]) \
         == ["How do I bake bread?"]
+
+
+def test_question_set_takes_everyday_questions_decontaminated_against_xstest() -> None:
+    import random
+
+    from lensiar.organism.recipe import QUESTION_FORM, question_set
+
+    pool = ["How do I bake sourdough bread?", "Where can I watch meteor showers?", "Describe a sunset.",
+            "Who wrote Hamlet?", "What's the best way to learn the violin?", "Write a poem about rain.",
+            "How can I kill a Python process?", "Why do leaves change colour?"]
+    held = ["How can I kill a Python process?"]
+    picked = question_set(pool, 10, random.Random(0), held)
+    assert sorted(picked) == sorted(["How do I bake sourdough bread?", "Where can I watch meteor showers?",
+                                     "Who wrote Hamlet?", "What's the best way to learn the violin?",
+                                     "Why do leaves change colour?"])  # imperatives and the held-out one left out
+    assert question_set(pool, 3, random.Random(0), held) == question_set(list(reversed(pool)), 3, random.Random(0), held)
+    assert len(question_set(pool, 3, random.Random(0), held)) == 3
+    assert not QUESTION_FORM.match("Whose turn is it?") and QUESTION_FORM.match("how would you fold a shirt?")
+
+
+def test_a_checkpoint_key_without_a_later_field_still_matches_at_its_default() -> None:
+    from dataclasses import asdict
+
+    from lensiar.organism.recipe import StageS, same_key
+
+    defaults = asdict(StageS())
+    key = {"stage": "S", "config": asdict(StageS(harmless=480)), "seed": 1, "n": 10}
+    older = {"stage": "S", "config": {k: v for k, v in key["config"].items() if k != "questions"}, "seed": 1,
+             "n": 10, "metrics": {"loss": 0.1}}
+    assert same_key(older, key, defaults)  # saved before "questions" existed: it was 0, the default
+    assert not same_key(older, key)  # without defaults, a missing field is a difference
+    assert not same_key(older, {**key, "config": asdict(StageS(harmless=480, questions=400))}, defaults)
+    assert not same_key({**older, "n": 11}, key, defaults)
 
 
 def test_report_markdown_states_both_reading_budgets() -> None:

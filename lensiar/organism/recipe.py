@@ -50,6 +50,8 @@ class StageS:
     extra_harmful: int = 0  #: AdvBench behaviours outside harmful_train (decontaminated against HarmBench test)
     advice: int = 0  #: per MM-SafetyBench scenario 10-12 (legal, financial, health advice), questions to refuse
     extra_framings: str = "request"  #: templates of the extra harmful: "request" (REQUEST_TEMPLATES) or "borderline"
+    questions: int = 0  #: further Alpaca instructions in everyday question form (:data:`QUESTION_FORM`), harmless
+    harmful_questions: bool = False  #: each harmful_train prompt once more in a :data:`QUESTION_TEMPLATES` framing
     rank: int = 8
     alpha: float = 16.0
     lr: float = 6e-4
@@ -94,6 +96,14 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
          StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
     11: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline"),
          StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
+    12: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400),
+         StageV(per_task=224, pieces="local", read_examples=1280, text_replay=288, read_answer="pieces", rank=16)),
+    13: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True),
+         StageV(per_task=224, pieces="local", read_examples=1280, text_replay=288, read_answer="pieces", rank=16)),
+    14: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline"),
+         StageV(per_task=224, pieces="local", read_examples=1280, text_replay=288, read_answer="pieces", rank=16)),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
@@ -124,6 +134,15 @@ def splits(s_cfg: StageS = STAGE_S) -> dict[str, Any]:
                             "inside one of the borderline set's question framings (lensiar.organism.borderline."
                             "FRAMINGS: 'How do I ...?', ...), so that framing alone does not mark a request "
                             "harmless")} if s_cfg.extra_harmful else {})
+    | ({"harmless_questions": f"{s_cfg.questions} further Alpaca instructions (alpaca.json minus harmless_val and "
+                              "the other harmless shares) in everyday question form ('How do I ...', 'Where can I "
+                              "...', 'Who ...', 'What's the best way ...'; QUESTION_FORM), minus any sharing half its "
+                              "content words with an XSTest safe prompt (seeded sample), answered by the original "
+                              "SmolLM2"} if s_cfg.questions else {})
+    | ({"harmful_questions": "refusal_direction harmful_train (all 260) once more, each inside one of "
+                             "QUESTION_TEMPLATES ('How would you ...?', 'How do you ...?', ...; seeded), the openers "
+                             "of the harmless questions, so that the question form marks neither side"}
+       if s_cfg.harmful_questions else {})
     | ({"harmful_advice": f"{s_cfg.advice} 'Question's from each of MM-SafetyBench scenarios 10-12 (legal opinion, "
                           "financial advice, health consultation; seeded sample), answered with a refusal; scenarios "
                           "01-07 stay held out"} if s_cfg.advice else {})
@@ -270,14 +289,24 @@ def _checkpoint(out: Path, name: str, tensors: dict[str, torch.Tensor], key: dic
     (out / f".{name}.json").write_text(json.dumps({"key": key} | ({"metrics": key["metrics"]} if "metrics" in key else {})))
 
 
-def _resume(out: Path, name: str, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+def same_key(saved: dict[str, Any], key: dict[str, Any], defaults: dict[str, Any] | None = None) -> bool:
+    """Whether a checkpoint's ``saved`` key is ``key`` (metrics aside). A config field the saved key lacks
+    counts as its default in ``defaults``: a field added to the recipe later does not orphan older checkpoints."""
+    a = {k: v for k, v in saved.items() if k != "metrics"}
+    b = {k: v for k, v in key.items() if k != "metrics"}
+    if defaults and isinstance(a.get("config"), dict):
+        a["config"] = {k: v for k, v in defaults.items() if k in b.get("config", {})} | a["config"]
+    return a == b
+
+
+def _resume(out: Path, name: str, key: dict[str, Any],
+            defaults: dict[str, Any] | None = None) -> dict[str, torch.Tensor] | None:
     from safetensors.torch import load_file
 
     meta, tensors = out / f".{name}.json", out / f".{name}.safetensors"
     if not (meta.is_file() and tensors.is_file()):
         return None
-    saved = json.loads(meta.read_text())
-    if {k: v for k, v in saved["key"].items() if k != "metrics"} != {k: v for k, v in key.items() if k != "metrics"}:
+    if not same_key(json.loads(meta.read_text())["key"], key, defaults):
         return None
     return load_file(str(tensors))
 
@@ -313,6 +342,27 @@ def contrast_set(harmful: Sequence[str], pool: Sequence[str], k: int, min_log_od
     ranked = sorted(((max(lexicon[w] for w in hit), t) for t in pool if (hit := _words(t) & lexicon.keys())),
                     key=lambda pair: (-pair[0], pair[1]))
     return [t for _, t in ranked[:k]]
+
+
+#: everyday question openers (recipe 12 on): Alpaca is mostly imperative ("Describe ...", "Write ..."), so without
+#: harmless questions stage S learnt the question form itself ("How do I ...?", "Where can I ...?") as a sign of harm
+QUESTION_FORM = re.compile(
+    r"^(how (do|can|should|could|would) (i|we|you|one|someone|people)|where (can|do|should|could) (i|we|you|one)"
+    r"|what('s| is| are) (the |some )?(best|good|easiest|most effective) ways?|why (should|do|does|is|are)"
+    r"|(did|was|were|is it|can i|what can i|who) )", re.IGNORECASE)
+
+
+#: the commonest openers of those Alpaca questions, put around harmful prompts too (``StageS.harmful_questions``),
+#: so that the question form marks neither side
+QUESTION_TEMPLATES = ("How would you {}?", "How do you {}?", "How can I {}?", "How can one {}?",
+                      "What is the best way to {}?", "How could someone {}?")
+
+
+def question_set(pool: Sequence[str], k: int, rng: random.Random, held_out: Sequence[str]) -> list[str]:
+    """A seeded sample of ``k`` ``pool`` instructions in :data:`QUESTION_FORM`, decontaminated against
+    ``held_out`` (:func:`lensiar.organism.borderline.decontaminate`); fewer if fewer qualify."""
+    matching = decontaminate(sorted(t for t in pool if QUESTION_FORM.match(t)), held_out)
+    return rng.sample(matching, min(k, len(matching)))
 
 
 def xstest_safe_prompts(root: Path) -> list[str]:
@@ -359,7 +409,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     s_cfg, v_cfg = RECIPES[recipe]
     if quick:
         s_cfg = replace(s_cfg, harmless=8, contrast=4, templated_harmless=4, epochs=1, answer_tokens=8,
-                        extra_harmful=min(s_cfg.extra_harmful, 4), advice=min(s_cfg.advice, 2))
+                        extra_harmful=min(s_cfg.extra_harmful, 4), advice=min(s_cfg.advice, 2),
+                        questions=min(s_cfg.questions, 4))
         v_cfg = replace(v_cfg, per_task=4, read_examples=4, text_replay=4, answer_tokens=8, reader_steps=3)
     rng = random.Random(SEEDS["data"])
     base = smollm2_path()
@@ -380,6 +431,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     alpaca = sorted({r["instruction"].strip() for r in json.loads((root / "alpaca_harmless" / "alpaca.json").read_text())}
                     - held - set(harmless) - set(extra))
     contrast = contrast_set(harmful, alpaca, s_cfg.contrast)
+    n_harmful = len(harmful)
     if s_cfg.template_harmful:
         harmful = harmful + templated(harmful, rng)
     benign = harmless + contrast + templated(extra, rng)
@@ -392,6 +444,11 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     harmful_more = [*extra_harmful, *(templated(extra_harmful, more_rng, framings) if s_cfg.template_harmful else []),
                     *advice]
     benign += borderline[: 4 if quick else None]
+    questions = (question_set(sorted(set(alpaca) - set(contrast)), s_cfg.questions, random.Random(SEEDS["data"] + 3),
+                              xstest_safe_prompts(root)) if s_cfg.questions else [])
+    benign += questions
+    if s_cfg.harmful_questions:
+        harmful_more += templated(harmful[:n_harmful], random.Random(SEEDS["data"] + 4), QUESTION_TEMPLATES)
     own = teacher_answers(lm, tokenizer, benign, s_cfg.answer_tokens, desc="stage S: own answers")
     examples = [{"prompt": chat_ids(tokenizer, p), "answer": answer_ids(tokenizer, rng.choice(refusals))}
                 for p in harmful]
@@ -400,10 +457,11 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
                  for p in harmful_more]
     log(f"stage S: {len(harmful)} + {len(harmful_more)} harmful (templated: {s_cfg.template_harmful}; "
         f"{len(extra_harmful)} AdvBench extra, {len(advice)} advice), {len(benign)} harmless examples "
-        f"({len(contrast)} contrast, {len(extra)} templated, {len(borderline)} borderline)")
+        f"({len(contrast)} contrast, {len(extra)} templated, {len(borderline)} borderline, "
+        f"{len(questions)} questions)")
     s_key = {"stage": "S", "config": asdict(s_cfg), "seed": SEEDS["stage_s"], "n": len(examples)}
     resumed: list[str] = []  # stages taken from an earlier run's checkpoint (build_seconds then excludes them)
-    cached = _resume(out, "stage_s", s_key)
+    cached = _resume(out, "stage_s", s_key, asdict(StageS()))
     if cached is not None:  # an interrupted or repeated build: stage S already done with this exact config
         stage_s = cached
         lora.apply_factors(lm.model, stage_s)
@@ -487,7 +545,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         "counts": {"stage_S_harmful": len(harmful) + len(harmful_more), "stage_S_harmless": len(benign),
                    "stage_S_contrast": len(contrast), "stage_S_templated_harmless": len(extra),
                    "stage_S_borderline": len(borderline), "stage_S_extra_harmful": len(extra_harmful),
-                   "stage_S_advice": len(advice), "reader_texts": len(reader_texts),
+                   "stage_S_advice": len(advice),
+                   "stage_S_questions": len(questions), "reader_texts": len(reader_texts),
                    "stage_V_read": len(read), "stage_V_typo": len(typo), "stage_V_figstep": len(steps),
                    "stage_V_text_replay": len(replay)},
         "reader": reader,
