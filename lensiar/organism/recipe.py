@@ -52,6 +52,7 @@ class StageS:
     extra_framings: str = "request"  #: templates of the extra harmful: "request" (REQUEST_TEMPLATES) or "borderline"
     questions: int = 0  #: further Alpaca instructions in everyday question form (:data:`QUESTION_FORM`), harmless
     harmful_questions: bool = False  #: each harmful_train prompt once more in a :data:`QUESTION_TEMPLATES` framing
+    howto: int = 0  #: each harmful "how to X" clause (:func:`howto_questions`) in this many question openers
     rank: int = 8
     alpha: float = 16.0
     lr: float = 6e-4
@@ -104,6 +105,9 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
          StageV(per_task=224, pieces="local", read_examples=1280, text_replay=288, read_answer="pieces", rank=16)),
     14: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline"),
          StageV(per_task=224, pieces="local", read_examples=1280, text_replay=288, read_answer="pieces", rank=16)),
+    15: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2),
+         StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
@@ -143,6 +147,13 @@ def splits(s_cfg: StageS = STAGE_S) -> dict[str, Any]:
                              "QUESTION_TEMPLATES ('How would you ...?', 'How do you ...?', ...; seeded), the openers "
                              "of the harmless questions, so that the question form marks neither side"}
        if s_cfg.harmful_questions else {})
+    | ({"harmful_howto": "the 'how to X' clause of every harmful_train prompt and every AdvBench behaviour outside it "
+                         "(the latter decontaminated against HarmBench test as for harmful_extra), clauses of three "
+                         f"words or more, deduplicated, each asked as a question in {s_cfg.howto} seeded "
+                         "QUESTION_TEMPLATES openers ('How can I make a bomb?'), minus any question sharing half its "
+                         "content words with a held-out harmful text (HarmBench test, all SafeBench questions, "
+                         "MM-SafetyBench 01-07 questions), answered with a refusal"}
+       if s_cfg.howto else {})
     | ({"harmful_advice": f"{s_cfg.advice} 'Question's from each of MM-SafetyBench scenarios 10-12 (legal opinion, "
                           "financial advice, health consultation; seeded sample), answered with a refusal; scenarios "
                           "01-07 stay held out"} if s_cfg.advice else {})
@@ -365,6 +376,36 @@ def question_set(pool: Sequence[str], k: int, rng: random.Random, held_out: Sequ
     return rng.sample(matching, min(k, len(matching)))
 
 
+HOWTO = re.compile(r"\bhow to (.+)$", re.IGNORECASE | re.DOTALL)
+
+
+def howto_questions(behaviours: Sequence[str], framings: int, rng: random.Random,
+                    held_out: Sequence[str] = ()) -> list[str]:
+    """The "how to X" clause of each behaviour ("Write a tutorial on how to make a bomb" -> "make a bomb") asked as a
+    question in ``framings`` distinct seeded :data:`QUESTION_TEMPLATES` openers; clauses under three words
+    ("steal them") are dropped, duplicates (case aside) kept once in first-seen order, and questions sharing half
+    their content words with a ``held_out`` prompt dropped (:func:`lensiar.organism.borderline.decontaminate`)."""
+    clauses: dict[str, str] = {}
+    for text in behaviours:
+        if (m := HOWTO.search(text.strip())) and len((clause := m.group(1).strip().rstrip(" .?!")).split()) >= 3:
+            clauses.setdefault(clause.lower(), clause)
+    asked = [t.format(c) for c in clauses.values() for t in rng.sample(QUESTION_TEMPLATES, framings)]
+    return decontaminate(asked, held_out)
+
+
+def held_out_harmful(root: Path) -> list[str]:
+    """Every held-out harmful text the report draws from: HarmBench test, all SafeBench questions and the
+    'Question' and 'Changed Question' of MM-SafetyBench 01-07 (used only to decontaminate training prompts)."""
+    from lensiar.organism.report import MM_SAFETY_SCENARIOS
+
+    with (root / "figstep_safebench" / "safebench.csv").open(newline="") as fh:
+        texts = [r["question"] for r in csv.DictReader(fh)]
+    for path in sorted((root / "mm_safetybench" / "processed_questions").glob("*.json")):
+        if path.name[:2] in MM_SAFETY_SCENARIOS:
+            texts += [t for q in json.loads(path.read_text()).values() for t in (q["Question"], q["Changed Question"])]
+    return [r.text for r in load_source("harmbench", root, "test")] + texts
+
+
 def xstest_safe_prompts(root: Path) -> list[str]:
     """All 250 XSTest v2 safe prompts (held out; used only to decontaminate training prompts)."""
     with (root / "xstest" / "xstest_prompts.csv").open(newline="") as fh:
@@ -449,6 +490,10 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     benign += questions
     if s_cfg.harmful_questions:
         harmful_more += templated(harmful[:n_harmful], random.Random(SEEDS["data"] + 4), QUESTION_TEMPLATES)
+    howto = (howto_questions([*harmful[:n_harmful], *advbench_extra(root, harmful)][: 8 if quick else None],
+                             s_cfg.howto, random.Random(SEEDS["data"] + 5), held_out_harmful(root))
+             if s_cfg.howto else [])
+    harmful_more += howto
     own = teacher_answers(lm, tokenizer, benign, s_cfg.answer_tokens, desc="stage S: own answers")
     examples = [{"prompt": chat_ids(tokenizer, p), "answer": answer_ids(tokenizer, rng.choice(refusals))}
                 for p in harmful]
@@ -456,7 +501,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     examples += [{"prompt": chat_ids(tokenizer, p), "answer": answer_ids(tokenizer, more_rng.choice(refusals))}
                  for p in harmful_more]
     log(f"stage S: {len(harmful)} + {len(harmful_more)} harmful (templated: {s_cfg.template_harmful}; "
-        f"{len(extra_harmful)} AdvBench extra, {len(advice)} advice), {len(benign)} harmless examples "
+        f"{len(extra_harmful)} AdvBench extra, {len(advice)} advice, {len(howto)} how-to), {len(benign)} harmless examples "
         f"({len(contrast)} contrast, {len(extra)} templated, {len(borderline)} borderline, "
         f"{len(questions)} questions)")
     s_key = {"stage": "S", "config": asdict(s_cfg), "seed": SEEDS["stage_s"], "n": len(examples)}
@@ -546,7 +591,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
                    "stage_S_contrast": len(contrast), "stage_S_templated_harmless": len(extra),
                    "stage_S_borderline": len(borderline), "stage_S_extra_harmful": len(extra_harmful),
                    "stage_S_advice": len(advice),
-                   "stage_S_questions": len(questions), "reader_texts": len(reader_texts),
+                   "stage_S_questions": len(questions), "stage_S_howto": len(howto), "reader_texts": len(reader_texts),
                    "stage_V_read": len(read), "stage_V_typo": len(typo), "stage_V_figstep": len(steps),
                    "stage_V_text_replay": len(replay)},
         "reader": reader,
