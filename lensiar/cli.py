@@ -121,7 +121,8 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar.demo import run_demo
 
     summary = run_demo(args.out, store=args.store, n_eval=args.n, seed=args.seed, tokens=args.max_new_tokens,
-                       quick=args.quick, data=args.data_dir, log=lambda line: print(line, file=sys.stderr))
+                       quick=args.quick, data=args.data_dir, log=lambda line: print(line, file=sys.stderr),
+                       organism=args.organism)
     print(f"report written to {Path(args.out).resolve()}/summary.md", file=sys.stderr)
     return {"report": str(Path(args.out) / "summary.md"), "chosen": summary.get("chosen"),
             "organism": summary["organism"], "seconds": summary["seconds"]}
@@ -214,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--store", default="vector_store", help="vector store for the chosen bundle")
     demo.add_argument("--data-dir", default=None)
     demo.add_argument("--quick", action="store_true", help="tiny counts (a smoke run; numbers mean nothing)")
+    demo.add_argument("--organism", default=None,
+                      help="organism folder of a build (lensiar organism build --out DIR) instead of the committed one")
     demo.set_defaults(func=cmd_demo)
 
     spec = sub.add_parser("spec", help="print a model's spec (layers, heads, fingerprint)")

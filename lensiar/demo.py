@@ -217,8 +217,9 @@ def _reading_set(root: Any, n: int, seed: int) -> Dataset:
 
 def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_store", n_eval: int = 100,
              seed: int = 0, tokens: int = 16, quick: bool = False, data: Any = None,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the demo; returns the summary (also written to ``out_dir/summary.json``)."""
+             log: Callable[[str], None] = print, organism: str | Path | None = None) -> dict[str, Any]:
+    """Run the demo; returns the summary (also written to ``out_dir/summary.json``). ``organism`` is an organism
+    folder (``lensiar organism build --out DIR``) to demo instead of the committed one."""
     from lensiar.data_sources import data_dir
     from lensiar.store import VectorStore
 
@@ -233,7 +234,14 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     # ------------------------------------------------------------------ organism
     from lensiar.organism.report import MM_SAFETY_VALIDATION, mm_safety
 
-    lens = Lens.from_pretrained("organism")
+    if organism is None:
+        lens = Lens.from_pretrained("organism")
+    else:
+        from lensiar.organism import load, manifest
+
+        vlm, organism_processor = load(organism)
+        lens = Lens(vlm.eval(), organism_processor)
+        summary["organism_weights"] = {"folder": str(organism), "recipe_version": manifest(organism)["recipe_version"]}
     harmful = [r.text for r in load_source("rd_harmful", root, "train") if fits(phrase_of(r.text))]
     random.Random(seed).shuffle(harmful)
     benign = [r.text for r in load_source("rd_harmless", root, "train")]
@@ -345,6 +353,9 @@ def markdown(summary: dict[str, Any]) -> str:
     """The demo summary as markdown: the chosen revision and the before/after tables with intervals."""
     lines = ["# lensiar demo", "", f"judge: {summary['judge']}; greedy, {summary['max_new_tokens']} new tokens; "
              f"seed {summary['seed']}; 95% bootstrap intervals", ""]
+    if "organism_weights" in summary:
+        w = summary["organism_weights"]
+        lines += [f"organism: {w['folder']} (recipe v{w['recipe_version']}), not the committed one", ""]
     chosen = summary.get("chosen")
     lines.append("Chosen on validation: " + (f"{chosen['strategy']} / {chosen['method']} / {chosen['level']}, alpha "
                                              f"{chosen['alpha']:g}, top_k {chosen['top_k']}"

@@ -58,3 +58,11 @@ def test_probe_and_extract_into_the_store(tmp_path: Path) -> None:
     assert json.loads(ext.stdout)["selected"] and "tiny-layer" in lensiar.store.VectorStore(tmp_path / "vs").list()
     bad = _run("extract", str(tmp_path / "m"), "--strategy", "queries", "--out", str(tmp_path / "x.safetensors"))
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_demo_on_a_missing_organism_build_names_the_folder(tmp_path: Path) -> None:
+    run = _run("demo", "--quick", "--organism", str(tmp_path / "no-build"), "--out", str(tmp_path / "demo"),
+               "--store", str(tmp_path / "store"))
+    assert run.returncode == 2
+    assert "no organism manifest" in run.stderr and "no-build" in run.stderr
+    assert not (tmp_path / "store").exists()  # nothing saved from a demo that never ran
