@@ -212,7 +212,9 @@ def test_committed_manifest_matches_the_current_recipe() -> None:
         assert all(fields[k] == default[k] for k in fields.keys() - info[stage].keys())
     assert info["splits"] == splits(s_cfg)
     plain = 260 + s_cfg.extra_harmful
-    assert info["counts"]["stage_S_harmful"] == (plain * (2 if s_cfg.template_harmful else 1) + 3 * s_cfg.advice
+    advice = info["counts"].get("stage_S_advice", 0)  # 3 x advice, fewer once decontaminated in question form
+    assert advice == 3 * s_cfg.advice if s_cfg.advice_form == "imperative" else 0 < advice <= 3 * s_cfg.advice
+    assert info["counts"]["stage_S_harmful"] == (plain * (2 if s_cfg.template_harmful else 1) + advice
                                                  + (260 if s_cfg.harmful_questions else 0)
                                                  + info["counts"].get("stage_S_howto", 0))
     assert (info["counts"].get("stage_S_howto", 0) > 0) == (s_cfg.howto > 0)

@@ -49,6 +49,7 @@ class StageS:
     borderline_framings: int = 1  #: framings per borderline activity
     extra_harmful: int = 0  #: AdvBench behaviours outside harmful_train (decontaminated against HarmBench test)
     advice: int = 0  #: per MM-SafetyBench scenario 10-12 (legal, financial, health advice), questions to refuse
+    advice_form: str = "imperative"  #: the advice as written ("imperative") or in QUESTION_TEMPLATES ("question")
     extra_framings: str = "request"  #: templates of the extra harmful: "request" (REQUEST_TEMPLATES) or "borderline"
     questions: int = 0  #: further Alpaca instructions in everyday question form (:data:`QUESTION_FORM`), harmless
     harmful_questions: bool = False  #: each harmful_train prompt once more in a :data:`QUESTION_TEMPLATES` framing
@@ -108,6 +109,9 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
     15: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
                 questions=400, harmful_questions=True, howto=2),
          StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
+    16: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question"),
+         StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
@@ -156,7 +160,10 @@ def splits(s_cfg: StageS = STAGE_S) -> dict[str, Any]:
        if s_cfg.howto else {})
     | ({"harmful_advice": f"{s_cfg.advice} 'Question's from each of MM-SafetyBench scenarios 10-12 (legal opinion, "
                           "financial advice, health consultation; seeded sample), answered with a refusal; scenarios "
-                          "01-07 stay held out"} if s_cfg.advice else {})
+                          "01-07 stay held out"
+                          + ("; each asked in one seeded QUESTION_TEMPLATES opener ('How would you diagnose ...?'), "
+                             "minus any sharing half its content words with a held-out harmful text"
+                             if s_cfg.advice_form == "question" else "")} if s_cfg.advice else {})
     | ({} if s_cfg.template_harmful else {"harmful": "refusal_direction harmful_train (AdvBench + "
                                                         "MaliciousInstruct + TDC 2023), all 260"}),
     "stage_V": {
@@ -481,6 +488,9 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     more_rng = random.Random(SEEDS["data"] + 2)  # its own stream: recipes without these draws stay as they were
     extra_harmful = more_rng.sample(advbench_extra(root, harmful), s_cfg.extra_harmful) if s_cfg.extra_harmful else []
     advice = [q for sc in ADVICE_SCENARIOS for q in more_rng.sample(mm_questions(root, sc), s_cfg.advice)]
+    if s_cfg.advice_form == "question":  # asked as a person would ask it, minus any close to a held-out text
+        advice = decontaminate(templated(advice, random.Random(SEEDS["data"] + 6), QUESTION_TEMPLATES),
+                               held_out_harmful(root))
     framings = FRAMINGS if s_cfg.extra_framings == "borderline" else REQUEST_TEMPLATES
     harmful_more = [*extra_harmful, *(templated(extra_harmful, more_rng, framings) if s_cfg.template_harmful else []),
                     *advice]
