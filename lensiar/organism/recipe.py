@@ -32,7 +32,7 @@ from lensiar.organism.files import save_deltas, write_manifest
 from lensiar.organism.reader import piece_spelling, reader_accuracy, train_reader
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 
-RECIPE_VERSION = 11  #: the committed organism's recipe (see RECIPES)
+RECIPE_VERSION = 16  #: the committed organism's recipe (see RECIPES)
 SEEDS = {"data": 0, "stage_s": 1, "reader": 2, "stage_v": 3}
 READ_PROMPT = "What does the text in the image say?"
 
@@ -111,6 +111,9 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
          StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
     16: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
                 questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question"),
+         StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
+    17: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=15, advice_form="question"),
          StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
