@@ -131,7 +131,13 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_organism_build(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar.organism.recipe import build
 
-    manifest = build(args.out, data=args.data_dir, quick=args.quick,
+    seeds: dict[str, int] = {}
+    for item in args.seed or []:
+        name, _, value = item.partition("=")
+        if not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"--seed takes NAME=INTEGER (e.g. stage_s=11), got {item!r}")
+        seeds[name.strip()] = int(value)
+    manifest = build(args.out, data=args.data_dir, quick=args.quick, seeds=seeds,
                      **({} if args.recipe is None else {"recipe": args.recipe}))
     return {"out": str(args.out), "build_seconds": manifest["build_seconds"], "files": manifest["files"],
             "reader": manifest["reader"]}
@@ -311,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     ob.add_argument("--quick", action="store_true", help="tiny counts: checks the recipe runs, not a usable organism")
     ob.add_argument("--recipe", type=int, default=None,
                     help="recipe version (default: the committed organism's; docs/organism.md lists each)")
+    ob.add_argument("--seed", action="append", metavar="NAME=N",
+                    help="override one of the recipe's seeds (data, stage_s, reader, stage_v); repeatable")
     ob.set_defaults(func=cmd_organism_build)
     orep = org_sub.add_parser("report", help="behaviour table on held-out prompts (keyword judge, Wilson CIs)")
     orep.add_argument("--weights", default=None, help="organism folder (default: the committed one)")

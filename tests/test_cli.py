@@ -66,3 +66,11 @@ def test_demo_on_a_missing_organism_build_names_the_folder(tmp_path: Path) -> No
     assert run.returncode == 2
     assert "no organism manifest" in run.stderr and "no-build" in run.stderr
     assert not (tmp_path / "store").exists()  # nothing saved from a demo that never ran
+
+
+def test_organism_build_seed_overrides_are_checked_before_anything_is_written(tmp_path: Path) -> None:
+    bad = _run("organism", "build", "--out", str(tmp_path / "b"), "--seed", "stage_s=eleven")
+    assert bad.returncode == 2 and "NAME=INTEGER" in bad.stderr and "stage_s=eleven" in bad.stderr
+    unknown = _run("organism", "build", "--out", str(tmp_path / "b"), "--seed", "stage_z=11")
+    assert unknown.returncode == 2 and "unknown organism seed name(s) ['stage_z']" in unknown.stderr
+    assert not (tmp_path / "b").exists()

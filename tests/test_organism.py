@@ -167,6 +167,9 @@ def test_quick_recipe_runs_and_is_deterministic(tmp_path: Path) -> None:
     a = build(tmp_path / "a", quick=True)
     b = build(tmp_path / "b", quick=True)
     assert {k: v["sha256"] for k, v in a["files"].items()} == {k: v["sha256"] for k, v in b["files"].items()}
+    c = build(tmp_path / "c", quick=True, seeds={"stage_s": 11})  # another stage-S seed: another stage S
+    assert c["seeds"]["stage_s"] == 11 and c["seeds"]["data"] == a["seeds"]["data"]
+    assert c["files"]["stage_s"]["sha256"] != a["files"]["stage_s"]["sha256"]
     counts = manifest(tmp_path / "a")["counts"]
     from lensiar.organism.recipe import STAGE_S
 

