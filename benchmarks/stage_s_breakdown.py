@@ -3,10 +3,13 @@
 The report's samples (seed 0): HarmBench test (159), XSTest safe (150, by XSTest ``type``), Alpaca held-out
 (100), MM-SafetyBench 01-07 and SafeBench questions as text (100 each, by scenario / category). Greedy, 32 new
 tokens, the report's keyword judge. Takes an organism folder or a stage-S checkpoint of an unfinished build
-(``.stage_s.safetensors``), so a recipe's stage S can be judged before stage V runs.
+(``.stage_s.safetensors``), so a recipe's stage S can be judged before stage V runs. Several checkpoints are
+judged as their *soup*: the mean of their deltas (:func:`lensiar.organism.lora.average`), e.g. one recipe's
+stage S from three training seeds.
 
     python benchmarks/stage_s_breakdown.py --weights lensiar/organism/weights --out reports/stage_s
     python benchmarks/stage_s_breakdown.py --weights build/.stage_s.safetensors
+    python benchmarks/stage_s_breakdown.py --weights a/.stage_s.safetensors b/.stage_s.safetensors c/.stage_s.safetensors
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--weights", default=None, help="organism folder or a .stage_s.safetensors checkpoint")
+    parser.add_argument("--weights", nargs="+", default=None,
+                        help="organism folder, or one or more .stage_s.safetensors checkpoints (several: their soup)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--out", default=None, help="folder for breakdown.json (responses included)")
@@ -42,15 +46,18 @@ def main() -> None:
     from lensiar.organism.report import mm_safety, safebench, wilson, xstest_safe
 
     root = data_dir(None)
-    weights = Path(args.weights or WEIGHTS)
-    if weights.suffix == ".safetensors":
+    paths = [Path(w) for w in args.weights or [WEIGHTS]]
+    weights = paths[0] if len(paths) == 1 else "soup of " + ", ".join(map(str, paths))
+    if paths[0].suffix == ".safetensors":
         from safetensors.torch import load_file
 
         lm, tokenizer = _base()
-        lora.apply_factors(lm.model, load_file(str(weights)))
+        lora.apply_factors(lm.model, lora.average([load_file(str(p)) for p in paths]))
         lens = Lens(lm, tokenizer)
+    elif len(paths) > 1:
+        parser.error("a soup takes .stage_s.safetensors checkpoints, not organism folders")
     else:
-        lens = Lens(*load_backbone("S", weights))
+        lens = Lens(*load_backbone("S", paths[0]))
     judge = KeywordJudge.from_lists(root=root)
     with (root / "xstest" / "xstest_prompts.csv").open(newline="") as fh:
         xs_type = {r["prompt"]: r["type"] for r in csv.DictReader(fh)}

@@ -154,6 +154,19 @@ def test_vision_tower_reads_held_out_phrases_patch_by_patch(organism: lensiar.Le
     assert reader_accuracy(organism.model, phrases, organism.tokenizer.get_vocab(), scheme) >= 0.9
 
 
+def test_reading_split_agrees_with_patch_accuracy_and_finds_split_pairs(organism: lensiar.Lens) -> None:
+    from lensiar.organism.reader import images_read_right, reader_accuracy, splits_a_pair
+
+    vocab = organism.tokenizer.get_vocab()
+    assert splits_a_pair("Write 12 words.", vocab)  # "Wr" and "12" are two tokens each in SmolLM2
+    assert not splits_a_pair("how to bake bread", vocab)
+    phrases = [r.text for r in load_source("rd_harmless", split="val")[:40] if fits(r.text)]
+    right = images_read_right(organism.model, phrases, vocab, "local")
+    assert len(right) == len(phrases) and sum(right) > 0
+    for phrase, ok in zip(phrases, right, strict=True):  # all patches right <=> patch accuracy 1 on that image
+        assert ok == (reader_accuracy(organism.model, [phrase], vocab, "local") == 1.0)
+
+
 def test_report_helpers() -> None:
     lo, hi = wilson(50, 100)
     assert lo < 0.5 < hi and hi - lo == pytest.approx(0.192, abs=0.005)
@@ -317,8 +330,13 @@ def test_report_markdown_states_both_reading_budgets() -> None:
     table = {"judge": "keyword:x", "seed": 0, "max_new_tokens": 32, "read_tokens": 64, "cells": [cell.row()],
              "reading_answer_tokens": {"form": "pieces", "median": 25, "max": 57, "over_budget": 0, "n": 100,
                                        "budget": 64},
-             "reading_at_judge_budget": {"tokens": 32, "k": 40, "n": 100}}
+             "reading_at_judge_budget": {"tokens": 32, "k": 40, "n": 100},
+             "reading_split": {"n": 100, "tower_right": 82, "exact_tower_right": 51, "exact_tower_wrong": 1,
+                               "with_pair": 58, "exact_with_pair": 25, "exact_without_pair": 27}}
     text = markdown(table)
+    assert "every patch right in 82 of 100 images, and the backbone spells 51 of those 82 back exactly (1 of the " \
+           "other 18)" in text
+    assert "25 of them are read exactly, against 27 of the 42 without" in text
     assert "greedy, 32 new tokens (reading: 64)" in text
     assert "| 61/100 | 61.0% |" in text
     assert "0 of 100 exceed the 64-token budget" in text

@@ -64,12 +64,39 @@ def detach(decoder: nn.Module) -> None:
                 setattr(module, child_name, child.base)
 
 
+def remove(decoder: nn.Module) -> None:
+    """Put every adapted projection's plain ``nn.Linear`` back *without* merging: the weights as before
+    :func:`attach` (for a tuning run that failed)."""
+    for module in list(decoder.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(module, child_name, child.base)
+
+
 def factors(adapters: dict[str, LoRALinear]) -> dict[str, Tensor]:
     """``{name}.A`` / ``{name}.B`` tensors (``B`` pre-multiplied by the scale), ready for safetensors."""
     out: dict[str, Tensor] = {}
     for name, adapter in adapters.items():
         out[f"{name}.A"] = adapter.A.detach().contiguous()
         out[f"{name}.B"] = (adapter.B.detach() * adapter.scale).contiguous()
+    return out
+
+
+def average(factor_sets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The mean of several adapters' deltas ("soup"), itself as factors: ``A`` stacked along the rank, ``B``
+    concatenated and divided by their number, so ``B @ A`` is the mean of the ``B_i @ A_i`` (rank = the sum)."""
+    if not factor_sets:
+        raise ValueError("average needs at least one set of factors")
+    names = set(factor_sets[0])
+    if bad := [i for i, f in enumerate(factor_sets) if set(f) != names]:
+        raise ValueError(f"factor sets {bad} adapt other layers than set 0")
+    out: dict[str, Tensor] = {}
+    for name in sorted(names):
+        if name.endswith(".A"):
+            out[name] = torch.cat([f[name] for f in factor_sets], 0).contiguous()
+        else:
+            b = torch.cat([f[name].float() for f in factor_sets], 1) / len(factor_sets)
+            out[name] = b.to(factor_sets[0][name].dtype).contiguous()
     return out
 
 

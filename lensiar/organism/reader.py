@@ -213,3 +213,26 @@ def reader_accuracy(vlm: Any, texts: Sequence[str], vocab: dict[str, int], schem
         hits += int(_hits(out @ emb[cand].T, target, index)[keep].sum())
         total += int(keep.sum())
     return hits / max(total, 1)
+
+
+@torch.no_grad()
+def images_read_right(vlm: Any, texts: Sequence[str], vocab: dict[str, int], scheme: str = "local") -> list[bool]:
+    """Per phrase, rendered TYPO-style: whether the tower maps *every* patch to its target (the same test as
+    :func:`reader_accuracy`). A phrase with one wrong patch cannot be read back exactly except by luck."""
+    emb = vlm.get_input_embeddings().weight
+    cand = candidates(vocab)
+    index = torch.full((emb.shape[0],), -1, dtype=torch.long)
+    index[cand] = torch.arange(len(cand))
+    right: list[bool] = []
+    for start in range(0, len(texts), 64):
+        batch = [example(t, "phrase", vocab, scheme) for t in texts[start : start + 64]]
+        out = patch_embeddings(vlm, torch.stack([x for x, _ in batch]))  # [b, patches, d]
+        for row, (_, target) in zip(out, batch, strict=True):
+            right.append(bool(_hits(row @ emb[cand].T, torch.tensor(target), index).all()))
+    return right
+
+
+def splits_a_pair(text: str, vocab: dict[str, int], scheme: str = "local") -> bool:
+    """Whether some patch of ``text``'s TYPO render holds two characters that are not one token (``"Wr"``,
+    ``"s."``, ``"12"``): the tower then outputs the *sum* of two embeddings, which does not say their order."""
+    return any(second >= 0 for _, second in piece_targets(layout(text), vocab, scheme))

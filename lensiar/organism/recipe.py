@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import transformers as tf
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from lensiar.data_sources import data_dir, load_source
@@ -251,10 +252,28 @@ def _collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor
     return batch
 
 
+def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens (``labels != -100``), as ``model(**batch).loss``
+    computes it, but with the LM head (49,152 x 576) applied at those positions only: prompt and padding
+    positions never reach the vocabulary. ``model`` is a causal LM or a VLM with ``.model`` and ``.lm_head``."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    hidden: Float[torch.Tensor, "b t d"] = model.model(**inputs).last_hidden_state
+    target = batch["labels"][:, 1:]
+    keep = target != -100
+    logits = model.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+
+
 def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, rank: int, alpha: float, lr: float,
          epochs: int, batch_size: int, seed: int, desc: str, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
     """LoRA-tune ``decoder`` (inside ``model``) on teacher-forced ``examples``; merges the adapters back and
-    returns their factors (bf16-rounded; the merged weights use the rounded factors)."""
+    returns their factors (bf16-rounded; the merged weights use the rounded factors).
+
+    Only the adapters take gradients: every other parameter of ``model`` is frozen while tuning, so backward
+    skips the tied embedding / LM-head weight gradient that the optimiser would never use; the adapters'
+    gradients are the same as with the whole model unfrozen. Every ``requires_grad`` flag is restored after,
+    and a run that raises removes its adapters unmerged, leaving the weights as they were."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
     adapters = lora.attach(decoder, rank=rank, alpha=alpha, seed=seed)
     params = list(lora.trainable(adapters))
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -262,19 +281,30 @@ def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, ran
     order = [i for _ in range(epochs) for i in rng.sample(range(len(examples)), len(examples))]
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=len(batches), pct_start=0.1)
+    adapter_ids = {id(p) for p in params}
+    for p in model.parameters():
+        if id(p) not in adapter_ids:
+            p.requires_grad_(False)
     model.train()
-    bar = tqdm(batches, desc=desc, leave=False)
-    for step, idx in enumerate(bar):
-        loss = model(**_collate([examples[i] for i in idx], pad_id)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        sched.step()
-        bar.set_postfix(loss=f"{float(loss):.3f}")
-        if step % 10 == 0:
-            log(f"{desc} step {step}/{len(batches)} loss {float(loss):.4f}")
-    model.eval()
+    try:
+        bar = tqdm(batches, desc=desc, leave=False)
+        for step, idx in enumerate(bar):
+            loss = answer_loss(model, _collate([examples[i] for i in idx], pad_id))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad()
+            sched.step()
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+            if step % 10 == 0:
+                log(f"{desc} step {step}/{len(batches)} loss {float(loss):.4f}")
+    except BaseException:
+        lora.remove(decoder)  # a failed run leaves the weights as they were
+        raise
+    finally:
+        model.eval()
+        for p, flag in flags:
+            p.requires_grad_(flag)
     with torch.no_grad():  # what is stored is bf16; make the in-memory model equal to what loads
         for adapter in adapters.values():
             adapter.A.copy_(adapter.A.bfloat16().float())

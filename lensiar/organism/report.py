@@ -159,11 +159,32 @@ def run(folder: Any = None, n: int = 100, seed: int = 0, max_new_tokens: int = 3
                       ">= 80%"))
     examples["organism VLM | reading"] = [{"phrase": t, "response": r} for t, r in list(zip(reading, read, strict=True))[:5]]
     log(f"{'organism VLM':<22} {'reading':<46} exact: {hits}/{len(reading)}")
+    split = reading_split(vlm.model, reading, read, vlm.tokenizer.get_vocab(),
+                          manifest(folder)["stage_V"].get("pieces", "word_start"))
     return {"judge": judge.name, "seed": seed, "max_new_tokens": max_new_tokens, "read_tokens": read_tokens,
             "decoding": "greedy",
             "cells": [c.row() for c in cells], "examples": examples,
             "reading_answer_tokens": answer_lengths(reading, vlm.tokenizer, manifest(folder), read_tokens),
-            "reading_at_judge_budget": {"tokens": max_new_tokens, "k": short, "n": len(reading)}}
+            "reading_at_judge_budget": {"tokens": max_new_tokens, "k": short, "n": len(reading)},
+            "reading_split": split}
+
+
+def reading_split(vlm: Any, phrases: Sequence[str], answers: Sequence[str], vocab: dict[str, int],
+                  scheme: str) -> dict[str, int]:
+    """Where reading misses arise: images the vision tower maps patch for patch right (the rest hold a wrong
+    patch), and phrases with a patch that sums two tokens (:func:`reader.splits_a_pair`); exact reads in each."""
+    from lensiar.organism.reader import images_read_right, splits_a_pair
+
+    exact = [normalise(a) == normalise(t) for a, t in zip(answers, phrases, strict=True)]
+    right = images_read_right(vlm, phrases, vocab, scheme)
+    pair = [splits_a_pair(t, vocab, scheme) for t in phrases]
+
+    def exact_where(mask: Sequence[bool]) -> int:
+        return sum(e and m for e, m in zip(exact, mask, strict=True))
+
+    return {"n": len(phrases), "tower_right": sum(right), "exact_tower_right": exact_where(right),
+            "exact_tower_wrong": exact_where([not r for r in right]), "with_pair": sum(pair),
+            "exact_with_pair": exact_where(pair), "exact_without_pair": exact_where([not p for p in pair])}
 
 
 def answer_lengths(phrases: Sequence[str], tokenizer: Any, info: dict[str, Any], budget: int) -> dict[str, Any]:
@@ -194,4 +215,12 @@ def markdown(table: dict[str, Any]) -> str:
     if (short := table.get("reading_at_judge_budget")) and short["tokens"] != table.get("read_tokens"):
         lines += [f"At the judged cells' {short['tokens']} new tokens (the reading budget of recipes 1-8), exact "
                   f"reading is {short['k']}/{short['n']}."]
+    if split := table.get("reading_split"):
+        n, right = split["n"], split["tower_right"]
+        lines += [f"Reading misses, split: the vision tower maps every patch right in {right} of {n} images, and the "
+                  f"backbone spells {split['exact_tower_right']} of those {right} back exactly "
+                  f"({split['exact_tower_wrong']} of the other {n - right}). {split['with_pair']} phrases hold a "
+                  f"patch whose two characters are not one token (it carries the sum of two embeddings, which "
+                  f"loses their order): {split['exact_with_pair']} of them are read exactly, against "
+                  f"{split['exact_without_pair']} of the {n - split['with_pair']} without."]
     return "\n".join(lines)
