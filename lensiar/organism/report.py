@@ -170,9 +170,10 @@ def run(folder: Any = None, n: int = 100, seed: int = 0, max_new_tokens: int = 3
 
 
 def reading_split(vlm: Any, phrases: Sequence[str], answers: Sequence[str], vocab: dict[str, int],
-                  scheme: str) -> dict[str, int]:
+                  scheme: str) -> dict[str, Any]:
     """Where reading misses arise: images the vision tower maps patch for patch right (the rest hold a wrong
-    patch), and phrases with a patch that sums two tokens (:func:`reader.splits_a_pair`); exact reads in each."""
+    patch), and phrases with a patch that sums two tokens (:func:`reader.splits_a_pair`); exact reads in each,
+    and every miss (phrase, answer, both flags) under ``"misses"``."""
     from lensiar.organism.reader import images_read_right, splits_a_pair
 
     exact = [normalise(a) == normalise(t) for a, t in zip(answers, phrases, strict=True)]
@@ -184,7 +185,9 @@ def reading_split(vlm: Any, phrases: Sequence[str], answers: Sequence[str], voca
 
     return {"n": len(phrases), "tower_right": sum(right), "exact_tower_right": exact_where(right),
             "exact_tower_wrong": exact_where([not r for r in right]), "with_pair": sum(pair),
-            "exact_with_pair": exact_where(pair), "exact_without_pair": exact_where([not p for p in pair])}
+            "exact_with_pair": exact_where(pair), "exact_without_pair": exact_where([not p for p in pair]),
+            "misses": [{"phrase": t, "response": a, "tower_right": r, "split_pair": p}
+                       for t, a, e, r, p in zip(phrases, answers, exact, right, pair, strict=True) if not e]}
 
 
 def answer_lengths(phrases: Sequence[str], tokenizer: Any, info: dict[str, Any], budget: int) -> dict[str, Any]:
