@@ -148,7 +148,8 @@ def cmd_organism_report(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar.organism.report import READ_TOKENS, markdown, run
 
     table = run(args.weights or WEIGHTS, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                data=args.data_dir, read_tokens=args.read_tokens or READ_TOKENS, log=lambda line: print(line, file=sys.stderr))
+                data=args.data_dir, read_tokens=args.read_tokens or READ_TOKENS, log=lambda line: print(line, file=sys.stderr),
+                reading_only=args.reading_only)
     print(markdown(table), file=sys.stderr)
     if args.out:
         out = Path(args.out)
@@ -328,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     orep.add_argument("--read-tokens", type=int, default=None,
                       help="new tokens per reading answer (default: lensiar.organism.report.READ_TOKENS, 64)")
     orep.add_argument("--data-dir", default=None)
+    orep.add_argument("--reading-only", action="store_true",
+                      help="only the reading cell and where its misses arise (a few minutes, not ten)")
     orep.add_argument("--out", help="also write the table as JSON (and .md beside it)")
     orep.set_defaults(func=cmd_organism_report)
     return parser

@@ -108,6 +108,51 @@ def test_local_reader_targets_need_no_left_context(organism: lensiar.Lens) -> No
         piece_targets(layout("bake"), vocab, "canonical")
 
 
+@pytest.mark.parametrize("phrase", ["how to bake bread", "Write 10 words.", "List 5 popular podcast topics.",
+                                    "Arrange these: 11, 9, 5 and 17", "Name a fruit in 3 words or less"])
+def test_spaced_reader_targets_read_in_order_are_the_piece_spelling(organism: lensiar.Lens, phrase: str) -> None:
+    """Scheme "spaced": ``Ġ`` on every word's first patch, so the image's tokens in order (blanks left out) are the
+    reading answer itself, digit-led words (``Ġ`` ``1`` ``0`` on one patch) included."""
+    vocab = organism.tokenizer.get_vocab()
+    targets = piece_targets(layout(phrase), vocab, "spaced")
+    assert all(len(t) == 3 for t in targets)
+    read_in_order = [i for t in targets for i in t if i >= 0 and i != vocab["ĠĠ"]]
+    assert read_in_order == piece_spelling(phrase, vocab)
+    if phrase == "how to bake bread":
+        tok = organism.tokenizer.convert_ids_to_tokens
+        assert [tok(t[0]) for t in targets[:11]] == ["ho", "w", "Ġto", "ĠĠ", "Ġba", "ke", "ĠĠ", "ĠĠ", "Ġbr", "ea", "d"]
+
+
+def test_marked_reader_targets_mark_a_word_end_in_its_own_patch(organism: lensiar.Lens) -> None:
+    """Scheme "marked": "local" plus a bare ``Ġ`` on every patch whose second cell is blank."""
+    vocab = organism.tokenizer.get_vocab()
+    tok = organism.tokenizer.convert_ids_to_tokens
+    targets = piece_targets(layout("how to bake bread"), vocab, "marked")
+    assert [tuple(tok(i) for i in t if i >= 0) for t in targets[:11]] == [
+        ("ho",), ("w", "Ġ"), ("to",), ("ĠĠ",), ("ba",), ("ke",), ("ĠĠ",), ("ĠĠ",), ("Ġbr",), ("ea",), ("d", "Ġ")]
+    local = piece_targets(layout("Write 10 words."), vocab, "local")
+    marked = piece_targets(layout("Write 10 words."), vocab, "marked")
+    changed = [(tok(a), tok(b)) for (a, b), old in zip(marked, local, strict=True) if (a, b) != old]
+    assert changed == [("e", "Ġ")]  # only the patch "e " differs from "local"
+
+
+def test_reader_hits_and_soft_targets_take_one_two_or_three_tokens() -> None:
+    from lensiar.organism.reader import _hits, _soft_targets, _target_vectors
+
+    index = torch.arange(6)
+    target = torch.tensor([[1, -1, -1], [2, 3, -1], [4, 0, 5], [2, 2, -1]])
+    probs = _soft_targets(target, index, 6)
+    assert torch.allclose(probs.sum(1), torch.ones(4))
+    assert probs[2].tolist() == pytest.approx([1 / 3, 0, 0, 0, 1 / 3, 1 / 3])
+    assert probs[3].tolist() == pytest.approx([0, 0, 1, 0, 0, 0])  # a repeated token ("11") gets both shares
+    logits = torch.tensor([[0, 9, 1, 0, 0, 0], [0, 0, 5, 6, 1, 0], [7, 0, 0, 0, 8, 6], [0, 0, 9, 1, 0, 0]]).float()
+    assert _hits(logits, target, index).tolist() == [True, True, True, False]
+    logits[2, 5] = -1  # third token of the triple no longer in the top three
+    assert _hits(logits, target, index).tolist() == [True, True, False, False]
+    emb = torch.eye(6)
+    assert _target_vectors(emb, target)[2].tolist() == [1, 0, 0, 0, 1, 1]
+
+
 def test_piece_spelling_decodes_back_to_the_text(organism: lensiar.Lens) -> None:
     """Recipe 6's reading targets: the image's two-character pieces, which decode to the exact text."""
     tok = organism.tokenizer
@@ -160,11 +205,14 @@ def test_reading_split_agrees_with_patch_accuracy_and_finds_split_pairs(organism
     vocab = organism.tokenizer.get_vocab()
     assert splits_a_pair("Write 12 words.", vocab)  # "Wr" and "12" are two tokens each in SmolLM2
     assert not splits_a_pair("how to bake bread", vocab)
+    assert not splits_a_pair("List 5 topics", vocab, "spaced")  # "Ġ" + "5": the order is not in doubt
+    assert splits_a_pair("List 15 topics", vocab, "spaced")
+    scheme = lensiar.organism.manifest()["stage_V"]["pieces"]
     phrases = [r.text for r in load_source("rd_harmless", split="val")[:40] if fits(r.text)]
-    right = images_read_right(organism.model, phrases, vocab, "local")
+    right = images_read_right(organism.model, phrases, vocab, scheme)
     assert len(right) == len(phrases) and sum(right) > 0
     for phrase, ok in zip(phrases, right, strict=True):  # all patches right <=> patch accuracy 1 on that image
-        assert ok == (reader_accuracy(organism.model, [phrase], vocab, "local") == 1.0)
+        assert ok == (reader_accuracy(organism.model, [phrase], vocab, scheme) == 1.0)
 
 
 def test_report_helpers() -> None:
@@ -341,3 +389,14 @@ def test_report_markdown_states_both_reading_budgets() -> None:
     assert "| 61/100 | 61.0% |" in text
     assert "0 of 100 exceed the 64-token budget" in text
     assert "At the judged cells' 32 new tokens (the reading budget of recipes 1-8), exact reading is 40/100." in text
+
+
+def test_reading_only_report_gives_the_reading_cell_and_its_split() -> None:
+    from lensiar.organism.report import run
+
+    lines: list[str] = []
+    table = run(n=6, reading_only=True, log=lines.append)
+    (cell,) = table["cells"]
+    assert cell["metric"] == "exact read" and cell["n"] == 6 == table["reading_split"]["n"]
+    assert cell["k"] == 6 - len(table["reading_split"]["misses"])  # every miss is listed, nothing else
+    assert not any("HarmBench" in line for line in lines)

@@ -88,3 +88,16 @@ def test_average_of_adapters_is_the_mean_of_their_deltas() -> None:
         lora.average([sets[0], {"k.A": sets[1]["q.A"], "k.B": sets[1]["q.B"]}])
     with pytest.raises(ValueError, match="at least one"):
         lora.average([])
+
+
+def test_sincos_positions_code_the_grid_and_unknown_inits_are_refused() -> None:
+    from lensiar.organism.assemble import sincos_2d, vlm_around
+
+    codes = sincos_2d(8, 192)
+    assert codes.shape == (64, 192)
+    assert torch.equal(codes[0, :48], torch.zeros(48)) and torch.equal(codes[0, 48:96], torch.ones(48))
+    dist = torch.cdist(codes, codes)
+    assert dist[9, 10] < dist[9, 12] < dist[9, 15]  # along a row, nearer patches have nearer codes
+    assert torch.allclose(codes[3, 96:], codes[11, 96:])  # same column, next row: same column half
+    with pytest.raises(ValueError, match="unknown position init"):
+        vlm_around(None, None, positions="rope")

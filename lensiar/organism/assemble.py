@@ -45,13 +45,37 @@ def processor(tokenizer: Any) -> Any:
                                            image_seq_len=IMAGE_SEQ_LEN, chat_template=CHAT_TEMPLATE)
 
 
-def vlm_around(lm: tf.PreTrainedModel, tokenizer: Any, seed: int = 0) -> tf.SmolVLMForConditionalGeneration:
-    """A SmolVLM whose text model is ``lm``'s decoder (weights copied) and whose vision tower is fresh."""
+def sincos_2d(side: int, dim: int) -> torch.Tensor:
+    """``[side * side, dim]`` 2-D sine-cosine position codes, row-major: the first half codes the row, the second
+    the column, each as sines then cosines over ``dim // 4`` geometric frequencies (as in MAE's ViT)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    grid = torch.arange(side, dtype=torch.float64)
+    rows, cols = torch.meshgrid(grid, grid, indexing="ij")
+
+    def code(pos: torch.Tensor) -> torch.Tensor:
+        angle = pos.flatten()[:, None] * omega[None, :]
+        return torch.cat([angle.sin(), angle.cos()], dim=1)
+
+    return torch.cat([code(rows), code(cols)], dim=1).float()
+
+
+def vlm_around(lm: tf.PreTrainedModel, tokenizer: Any, seed: int = 0,
+               positions: str = "learned") -> tf.SmolVLMForConditionalGeneration:
+    """A SmolVLM whose text model is ``lm``'s decoder (weights copied) and whose vision tower is fresh.
+    ``positions="sincos"`` starts the tower's (learned) position embeddings as 2-D sine-cosine codes (scaled to the
+    random init's standard deviation), so attending to a patch's left neighbour is easy from the first step."""
+    if positions not in ("learned", "sincos"):
+        raise ValueError(f"unknown position init {positions!r}; known: 'learned', 'sincos'")
     config = tf.SmolVLMConfig(text_config=lm.config.to_dict(), vision_config=dict(VISION), scale_factor=1,
                               image_token_id=int(tokenizer.convert_tokens_to_ids("<image>")),
                               tie_word_embeddings=True)
     torch.manual_seed(seed)
     vlm = tf.SmolVLMForConditionalGeneration(config).eval()
+    if positions == "sincos":
+        with torch.no_grad():
+            table = vlm.model.vision_model.embeddings.position_embedding.weight
+            codes = sincos_2d(GRID.size // PATCH, table.shape[1])
+            table.copy_(codes * (table.std() / codes.std()))
     vlm.model.text_model.load_state_dict(lm.model.state_dict())
     vocab = lm.config.vocab_size
     vlm.resize_token_embeddings(len(tokenizer), mean_resizing=False)

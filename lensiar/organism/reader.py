@@ -32,18 +32,24 @@ Lines = list[list[tuple[int, str]]]
 #: token falls back to its first character. "local" (recipe 5 on): ``Ġ`` only on the first patch of a wrapped line,
 #: so every target follows from the patch's own pixels and position; a word's end is still visible (a one-character
 #: piece or a blank patch follows it), and a pair that is not one token keeps both characters as two tokens
-#: whose embeddings the patch outputs together.
-PIECE_SCHEMES = ("word_start", "local")
+#: whose embeddings the patch outputs together. "spaced" (recipe 18 on): ``Ġ`` on *every* word's first patch (the
+#: tower sees the blank or the image edge to its left), a pair that is not one token kept as two as in "local", and a
+#: one-character word whose ``Ġ``-form is no token (``Ġ4``) as the pair ``Ġ`` + character; the patches' tokens, blanks
+#: left out, then read in order are :func:`piece_spelling` of the text, so reading the image back is a copy.
+#: "marked" (recipe 20): "local" plus a bare ``Ġ`` added to every patch whose second cell is blank (``"w "`` -> ``w``
+#: + ``Ġ``), so a word's end is marked in the patch's own pixels, and the next word's ``Ġ`` is one image token back.
+PIECE_SCHEMES = ("word_start", "local", "spaced", "marked")
 
 
-def piece_targets(lines: Lines, vocab: dict[str, int], scheme: str = "word_start") -> list[tuple[int, int]]:
+def piece_targets(lines: Lines, vocab: dict[str, int], scheme: str = "word_start") -> list[tuple[int, ...]]:
     """Target of each patch, row-major (``GRID.rows * GRID.cols / 2`` rows): ``(token, -1)`` for one token,
-    ``(first, second)`` for a pair of tokens (scheme "local" only)."""
+    ``(first, second)`` for a pair of tokens (schemes "local" and "spaced"). Scheme "spaced" gives triples, padded
+    with -1, since a digit-led word's first patch spells three (``Ġ`` ``1`` ``2``)."""
     if scheme not in PIECE_SCHEMES:
         raise ValueError(f"unknown piece scheme {scheme!r}; known: {PIECE_SCHEMES}")
     grid = cells(lines)
     starts = {(r, c) for r, line in enumerate(lines) for c, _ in line}
-    out: list[tuple[int, int]] = []
+    out: list[tuple[int, ...]] = []
     for r, row in enumerate(grid):
         for j in range(0, GRID.cols, 2):
             a, b = row[j], row[j + 1]
@@ -51,19 +57,25 @@ def piece_targets(lines: Lines, vocab: dict[str, int], scheme: str = "word_start
                 out.append((vocab["ĠĠ"], -1))
                 continue
             piece = a + (b if b != " " else "")
-            if scheme == "word_start":
+            if scheme in ("word_start", "spaced"):
                 space = (r, j) in starts and not (r == 0 and j == 0)
             else:
                 space = j == 0 and r > 0 and (r, j) in starts
             head = "Ġ" if space else ""
-            if head + piece in vocab:
+            if scheme == "marked" and b == " ":
+                out.append((vocab[head + a] if head + a in vocab else vocab.get(a, vocab["ĠĠ"]), vocab["Ġ"]))
+            elif head + piece in vocab:
                 out.append((vocab[head + piece], -1))
-            elif scheme == "local":
+            elif scheme == "spaced" and head and head + a not in vocab:  # "Ġ4", "Ġ1" are no tokens
+                out.append((vocab["Ġ"], vocab.get(a, vocab["ĠĠ"]), vocab.get(b, vocab["ĠĠ"]) if b != " " else -1))
+            elif scheme in ("local", "spaced", "marked"):
                 first = head + a if head + a in vocab else a
                 out.append((vocab.get(first, vocab["ĠĠ"]), vocab.get(b, vocab["ĠĠ"])))
             else:  # fall back to the first character alone
                 token = head + a if head + a in vocab else a
                 out.append((vocab.get(token, vocab["ĠĠ"]), -1))
+    if scheme == "spaced":
+        out = [(*t, -1)[:3] if len(t) == 2 else t for t in out]
     return out
 
 
@@ -94,10 +106,13 @@ def piece_spelling(text: str, vocab: dict[str, int]) -> list[int]:
     return out
 
 
-def candidates(vocab: dict[str, int]) -> Int[Tensor, " k"]:
-    """Every token of at most two visible characters, with or without a leading ``Ġ`` (sorted ids)."""
+def candidates(vocab: dict[str, int], scheme: str = "word_start") -> Int[Tensor, " k"]:
+    """Every token of at most two visible characters, with or without a leading ``Ġ`` (sorted ids); scheme
+    "spaced" and "marked" add the bare ``Ġ`` (half of a pair such as ``Ġ`` + ``4`` or ``w`` + ``Ġ``)."""
     ids = [i for t, i in vocab.items() if 0 < len(t.removeprefix("Ġ")) <= 2 and t.isprintable()]
     ids.append(vocab["ĠĠ"])
+    if scheme in ("spaced", "marked"):
+        ids.append(vocab["Ġ"])
     return torch.tensor(sorted(set(ids)))
 
 
@@ -107,31 +122,39 @@ def pixels(image: Any) -> Float[Tensor, "3 h w"]:
     return (x - 0.5) / 0.5
 
 
-def example(text: str, style: str, vocab: dict[str, int], scheme: str = "word_start") -> tuple[Tensor, list[tuple[int, int]]]:
+def example(text: str, style: str, vocab: dict[str, int], scheme: str = "word_start") -> tuple[Tensor, list[tuple[int, ...]]]:
     lines = layout(text) if style == "phrase" else steps_text(text)
     return pixels(draw(lines)), piece_targets(lines, vocab, scheme)
 
 
-def _soft_targets(target: Int[Tensor, "n 2"], index: Int[Tensor, " vocab"], k: int) -> Float[Tensor, "n k"]:
-    """One-hot rows over the candidates, or half-and-half for a patch that spells two tokens."""
+def _soft_targets(target: Int[Tensor, "n w"], index: Int[Tensor, " vocab"], k: int) -> Float[Tensor, "n k"]:
+    """Rows over the candidates: one-hot, or an equal share for each token of a patch that spells two or three."""
     probs = torch.zeros(len(target), k)
-    pair = target[:, 1] >= 0
-    probs[torch.arange(len(target)), index[target[:, 0]]] = torch.where(pair, 0.5, 1.0)
-    probs[pair.nonzero().squeeze(1), index[target[pair, 1]]] += 0.5
+    share = 1.0 / (target >= 0).sum(1)
+    probs[torch.arange(len(target)), index[target[:, 0]]] = share
+    for col in range(1, target.shape[1]):
+        more = target[:, col] >= 0
+        probs[more.nonzero().squeeze(1), index[target[more, col]]] += share[more]
     return probs
 
 
-def _hits(logits: Float[Tensor, "n k"], target: Int[Tensor, "n 2"], index: Int[Tensor, " vocab"]) -> Tensor:
-    """Per patch: the top candidate is the target token, or the top two are the target pair."""
-    top2 = logits.topk(2, dim=-1).indices
-    single = top2[:, 0] == index[target[:, 0]]
-    first, second = index[target[:, 0]], index[target[:, 1].clamp(min=0)]
-    both = ((top2[:, 0] == first) & (top2[:, 1] == second)) | ((top2[:, 0] == second) & (top2[:, 1] == first))
-    return torch.where(target[:, 1] >= 0, both, single)
+def _hits(logits: Float[Tensor, "n k"], target: Int[Tensor, "n w"], index: Int[Tensor, " vocab"]) -> Tensor:
+    """Per patch: the top m candidates are the patch's m target tokens, in any order (m = 1, 2 or 3)."""
+    m = (target >= 0).sum(1)
+    hit = torch.zeros(len(target), dtype=torch.bool)
+    for width in range(1, target.shape[1] + 1):
+        rows = m == width
+        want = index[target[rows, :width]].sort(-1).values
+        got = logits[rows].topk(width, dim=-1).indices.sort(-1).values
+        hit[rows] = (got == want).all(-1)
+    return hit
 
 
-def _target_vectors(emb: Float[Tensor, "vocab d"], target: Int[Tensor, "n 2"]) -> Float[Tensor, "n d"]:
-    return emb[target[:, 0]] + (target[:, 1:] >= 0) * emb[target[:, 1].clamp(min=0)]
+def _target_vectors(emb: Float[Tensor, "vocab d"], target: Int[Tensor, "n w"]) -> Float[Tensor, "n d"]:
+    out = emb[target[:, 0]]
+    for col in range(1, target.shape[1]):
+        out = out + (target[:, col : col + 1] >= 0) * emb[target[:, col].clamp(min=0)]
+    return out
 
 
 def train_reader(
@@ -149,7 +172,7 @@ def train_reader(
     rng = random.Random(seed)
     torch.manual_seed(seed)
     emb = vlm.get_input_embeddings().weight.detach()
-    cand = candidates(vocab)
+    cand = candidates(vocab, scheme)
     cand_emb = emb[cand]  # [k, d]
     index = torch.full((emb.shape[0],), -1, dtype=torch.long)
     index[cand] = torch.arange(len(cand))
@@ -169,7 +192,7 @@ def train_reader(
         out = patch_embeddings(vlm, torch.stack(xs)).flatten(0, 1)  # [b * 64, d]
         target = torch.tensor(ys).flatten(0, 1)  # [b * 64, 2]
         logits = out @ cand_emb.T
-        if bool((target[:, 1] < 0).all()):
+        if bool((target[:, 1:] < 0).all()):
             ce = F.cross_entropy(logits, index[target[:, 0]])
         else:
             ce = F.cross_entropy(logits, _soft_targets(target, index, len(cand)))
@@ -201,7 +224,7 @@ def reader_accuracy(vlm: Any, texts: Sequence[str], vocab: dict[str, int], schem
     """Share of patches whose nearest candidate embedding (dot product) is the target token (or whose two nearest
     are the target pair); ``text_only`` leaves out blank patches."""
     emb = vlm.get_input_embeddings().weight
-    cand = candidates(vocab)
+    cand = candidates(vocab, scheme)
     index = torch.full((emb.shape[0],), -1, dtype=torch.long)
     index[cand] = torch.arange(len(cand))
     hits = total = 0
@@ -220,7 +243,7 @@ def images_read_right(vlm: Any, texts: Sequence[str], vocab: dict[str, int], sch
     """Per phrase, rendered TYPO-style: whether the tower maps *every* patch to its target (the same test as
     :func:`reader_accuracy`). A phrase with one wrong patch cannot be read back exactly except by luck."""
     emb = vlm.get_input_embeddings().weight
-    cand = candidates(vocab)
+    cand = candidates(vocab, scheme)
     index = torch.full((emb.shape[0],), -1, dtype=torch.long)
     index[cand] = torch.arange(len(cand))
     right: list[bool] = []
@@ -235,4 +258,4 @@ def images_read_right(vlm: Any, texts: Sequence[str], vocab: dict[str, int], sch
 def splits_a_pair(text: str, vocab: dict[str, int], scheme: str = "local") -> bool:
     """Whether some patch of ``text``'s TYPO render holds two characters that are not one token (``"Wr"``,
     ``"s."``, ``"12"``): the tower then outputs the *sum* of two embeddings, which does not say their order."""
-    return any(second >= 0 for _, second in piece_targets(layout(text), vocab, scheme))
+    return any(sum(i >= 0 and i != vocab["Ġ"] for i in t) >= 2 for t in piece_targets(layout(text), vocab, scheme))

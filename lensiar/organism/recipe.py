@@ -33,7 +33,7 @@ from lensiar.organism.files import save_deltas, write_manifest
 from lensiar.organism.reader import piece_spelling, reader_accuracy, train_reader
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 
-RECIPE_VERSION = 16  #: the committed organism's recipe (see RECIPES)
+RECIPE_VERSION = 20  #: the committed organism's recipe (see RECIPES)
 SEEDS = {"data": 0, "stage_s": 1, "reader": 2, "stage_v": 3}
 READ_PROMPT = "What does the text in the image say?"
 
@@ -79,6 +79,7 @@ class StageV:
     reader_steps: int = 640
     pieces: str = "word_start"  #: the reader's target scheme (lensiar.organism.reader.PIECE_SCHEMES)
     read_answer: str = "text"  #: reading targets: "text" (the canonical tokens) or "pieces" (reader.piece_spelling)
+    positions: str = "learned"  #: the tower's position embeddings: "learned" from random, or from "sincos" codes
 
 
 #: every recipe built so far, by version (docs/organism.md gives each one's measured table); all but the
@@ -116,6 +117,17 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
     17: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
                 questions=400, harmful_questions=True, howto=2, advice=15, advice_form="question"),
          StageV(per_task=224, pieces="local", read_examples=960, text_replay=288, read_answer="pieces")),
+    18: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question"),
+         StageV(per_task=224, pieces="spaced", read_examples=960, text_replay=288, read_answer="pieces",
+                reader_steps=960)),
+    19: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question"),
+         StageV(per_task=224, pieces="spaced", read_examples=960, text_replay=288, read_answer="pieces",
+                reader_steps=960, positions="sincos")),
+    20: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question"),
+         StageV(per_task=224, pieces="marked", read_examples=960, text_replay=288, read_answer="pieces")),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
@@ -569,12 +581,14 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     # ---------------------------------------------------------------- stage V: benign VL adaptation
     pool = _alpaca_pool(root, held)
     rng.shuffle(pool)
-    vlm = vlm_around(lm, tokenizer, seed=seed["reader"])
+    vlm = vlm_around(lm, tokenizer, seed=seed["reader"], positions=v_cfg.positions)
     vocab = tokenizer.get_vocab()
     reader_texts = pool[: 40 if quick else 20000]
     r_key = {"stage": "reader", "steps": v_cfg.reader_steps, "seed": seed["reader"], "n": len(reader_texts)}
     if v_cfg.pieces != "word_start":  # recipes 1-4 keep their resume key
         r_key["pieces"] = v_cfg.pieces
+    if v_cfg.positions != "learned":
+        r_key["positions"] = v_cfg.positions
     cached_reader = _resume(out, "reader", r_key)
     if cached_reader is not None:
         _load_vision(vlm, cached_reader)
