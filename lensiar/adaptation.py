@@ -45,7 +45,8 @@ def weight_change(llm: torch.nn.Module, vlm: torch.nn.Module) -> dict[str, Float
             raise KeyError(f"the VLM's backbone has no {name}")
         if after[name].shape != w.shape:
             raise ValueError(f"{name}: shapes differ ({tuple(w.shape)} vs {tuple(after[name].shape)})")
-        out[m.group(2)][int(m.group(1))] = float((after[name].float() - w.float()).norm() / w.float().norm())
+        base, tuned = w.detach().float(), after[name].detach().float()
+        out[m.group(2)][int(m.group(1))] = float((tuned - base).norm() / base.norm())
     return {k: torch.tensor([v[i] for i in sorted(v)]) for k, v in out.items() if v}
 
 
