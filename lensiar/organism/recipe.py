@@ -307,9 +307,10 @@ def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, ran
             opt.step()
             opt.zero_grad()
             sched.step()
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            value = float(loss.detach())
+            bar.set_postfix(loss=f"{value:.3f}")
             if step % 10 == 0:
-                log(f"{desc} step {step}/{len(batches)} loss {float(loss):.4f}")
+                log(f"{desc} step {step}/{len(batches)} loss {value:.4f}")
     except BaseException:
         lora.remove(decoder)  # a failed run leaves the weights as they were
         raise
