@@ -136,6 +136,54 @@ def test_marked_reader_targets_mark_a_word_end_in_its_own_patch(organism: lensia
     assert changed == [("e", "Ġ")]  # only the patch "e " differs from "local"
 
 
+@pytest.mark.parametrize("phrase", ["how to bake bread", "Write 10 words.", "List 5 popular podcast topics."])
+def test_ordered_reader_targets_keep_each_pair_in_order(organism: lensiar.Lens, phrase: str) -> None:
+    """Scheme "ordered": "marked"'s tokens, two slots per patch in reading order, ``NULL`` after a one-token patch,
+    so no patch is an order-free sum; the patches counted as holding a non-token pair are "marked"'s."""
+    from lensiar.organism.reader import NULL, candidates, slots_per_patch, splits_a_pair
+
+    vocab = organism.tokenizer.get_vocab()
+    tok = organism.tokenizer.convert_ids_to_tokens
+    ordered = piece_targets(layout(phrase), vocab, "ordered")
+    marked = piece_targets(layout(phrase), vocab, "marked")
+    assert slots_per_patch("ordered") == 2 and slots_per_patch("marked") == 1
+    assert len(ordered) == 2 * len(marked) and all(second == -1 for _, second in ordered)
+    slots = [first for first, _ in ordered]
+    assert slots == [t for pair in marked for t in (pair[0], pair[1] if pair[1] >= 0 else vocab[NULL])]
+    assert set(slots) <= set(candidates(vocab, "ordered").tolist())
+    assert splits_a_pair(phrase, vocab, "ordered") == splits_a_pair(phrase, vocab, "marked")
+    if phrase == "Write 10 words.":
+        assert [tok(i) for i in slots[:16]] == ["W", "r", "it", NULL, "e", "Ġ", "1", "0", "ĠĠ", NULL, "wo", NULL, "rd", NULL,
+                                               "s", "."]
+        assert splits_a_pair(phrase, vocab, "ordered")
+
+
+def test_two_slot_organism_gives_each_patch_two_image_tokens_and_a_classifiable_null() -> None:
+    """Recipe 21's assembly: 128 ``<image>`` tokens per image, filled by the :class:`SlotConnector`, and a NULL row
+    that the tower's tied classifier can pick out (it is its own nearest candidate, unlike SmolLM2's untrained
+    specials), seeded."""
+    from lensiar.organism import _base
+    from lensiar.organism.assemble import IMAGE_SEQ_LEN, NULL, SlotConnector, processor, vlm_around
+    from lensiar.organism.reader import candidates
+
+    lm, tokenizer = _base()
+    vlm = vlm_around(lm, tokenizer, seed=3, slots=2)
+    assert isinstance(vlm.model.connector, SlotConnector)
+    vocab = tokenizer.get_vocab()
+    emb = vlm.get_input_embeddings().weight.detach()
+    cand = candidates(vocab, "ordered")
+    assert vocab[NULL] in cand.tolist() and int(cand[(emb[cand] @ emb[vocab[NULL]]).argmax()]) == vocab[NULL]
+    assert torch.equal(vlm_around(lm, tokenizer, seed=3, slots=2).get_input_embeddings().weight[vocab[NULL]],
+                       emb[vocab[NULL]])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TYPO_PROMPT}]}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    enc = processor(tokenizer, 2)(text=[text], images=[[render_phrase("bake bread")]], return_tensors="pt")
+    assert int((enc["input_ids"] == vocab["<image>"]).sum()) == 2 * IMAGE_SEQ_LEN == 128
+    with torch.no_grad():
+        logits = vlm(**enc).logits
+    assert logits.shape[1] == enc["input_ids"].shape[1] and bool(torch.isfinite(logits).all())
+
+
 def test_reader_hits_and_soft_targets_take_one_two_or_three_tokens() -> None:
     from lensiar.organism.reader import _hits, _soft_targets, _target_vectors
 

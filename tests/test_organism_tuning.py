@@ -101,3 +101,51 @@ def test_sincos_positions_code_the_grid_and_unknown_inits_are_refused() -> None:
     assert torch.allclose(codes[3, 96:], codes[11, 96:])  # same column, next row: same column half
     with pytest.raises(ValueError, match="unknown position init"):
         vlm_around(None, None, positions="rope")
+
+
+def test_slot_connector_gives_each_patch_two_tokens_and_survives_a_checkpoint(tmp_path: Any) -> None:
+    """Recipe 21's connector: ``[b, p, w] -> [b, 2p, d]``, patch ``i``'s two tokens at ``2i`` and ``2i + 1``; a VLM
+    saved with it loads back (``from_checkpoint``) with the same connector and the same image features."""
+    import transformers as tf
+
+    from lensiar.organism.assemble import SlotConnector, from_checkpoint, use_slots
+    from lensiar.testing.zoo import FAMILIES, tiny_model
+
+    with pytest.raises(ValueError, match="scale-1 pixel shuffle"):
+        use_slots(tiny_model("smolvlm")[0], 2)  # the zoo's tiny SmolVLM shuffles at scale 2
+    config = FAMILIES["smolvlm"].config()
+    config.scale_factor = 1
+    torch.manual_seed(0)
+    vlm = tf.SmolVLMForConditionalGeneration(config).eval()
+    width, d = vlm.config.vision_config.hidden_size, vlm.config.text_config.hidden_size
+    use_slots(vlm, 2)
+    connector = vlm.model.connector
+    assert isinstance(connector, SlotConnector) and vlm.config.slots_per_patch == 2
+    hidden = torch.randn(3, 5, width)
+    out = connector(hidden)
+    assert out.shape == (3, 10, d)
+    weight = connector.modality_projection.proj.weight  # [2d, width]
+    assert torch.allclose(out[1, 4], hidden[1, 2] @ weight[:d].T) and torch.allclose(out[1, 5], hidden[1, 2] @ weight[d:].T)
+    vlm.save_pretrained(tmp_path / "vl")
+    back = from_checkpoint(tmp_path / "vl")
+    assert isinstance(back.model.connector, SlotConnector)
+    assert torch.equal(back.model.connector.modality_projection.proj.weight, weight)
+    assert back.lm_head.weight is back.get_input_embeddings().weight or not vlm.config.tie_word_embeddings
+    pixels = torch.randn(1, 1, 3, vlm.config.vision_config.image_size, vlm.config.vision_config.image_size)
+    with torch.no_grad():
+        features = torch.cat(list(vlm.model.get_image_features(pixels).pooler_output))
+        assert features.shape[-2:] == (2 * (config.vision_config.image_size // config.vision_config.patch_size) ** 2, d)
+        assert torch.equal(torch.cat(list(back.model.get_image_features(pixels).pooler_output)), features)
+    with pytest.raises(ValueError, match="at least 1"):
+        use_slots(vlm, 0)
+
+
+def test_reader_focus_picks_texts_with_digits_or_inner_capitals_and_refuses_bad_shares() -> None:
+    from lensiar.organism.reader import is_rich, train_reader
+
+    assert is_rich("List 5 fruits.") and is_rich("Describe the Eiffel Tower.")
+    assert not is_rich("Describe a tower.") and not is_rich("Bake bread")  # a first capital is every text's
+    with pytest.raises(ValueError, match="share in"):
+        train_reader(None, ["Bake bread"], {}, focus=1.5)
+    with pytest.raises(ValueError, match="no text holds"):
+        train_reader(None, ["Bake bread"], {}, focus=0.5)

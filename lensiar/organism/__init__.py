@@ -54,11 +54,13 @@ def load(folder: str | Path = WEIGHTS, stage: str = "V") -> tuple[Any, Any]:
     tuning (vision tower still loaded). Refuses files whose hashes differ from the manifest."""
     from lensiar.organism import lora
     from lensiar.organism.assemble import processor, vlm_around
+    from lensiar.organism.reader import slots_per_patch
 
-    _, groups = read_verified(Path(folder))
+    info, groups = read_verified(Path(folder))
+    slots = slots_per_patch(info["stage_V"].get("pieces", "word_start"))
     lm, tokenizer = _base()
     lora.apply_factors(lm.model, groups["stage_s"])
-    vlm = vlm_around(lm, tokenizer)
+    vlm = vlm_around(lm, tokenizer, slots=slots)
     vision = groups["vision"]
     vlm.model.vision_model.load_state_dict({k.removeprefix("vision_model."): v for k, v in vision.items()
                                             if k.startswith("vision_model.")})
@@ -70,7 +72,7 @@ def load(folder: str | Path = WEIGHTS, stage: str = "V") -> tuple[Any, Any]:
         lora.apply_factors(vlm.model.text_model, groups["stage_v"])
     elif stage != "S":
         raise ValueError(f"stage must be 'V' or 'S', got {stage!r}")
-    return vlm.eval(), processor(tokenizer)
+    return vlm.eval(), processor(tokenizer, slots)
 
 
 def checkpoints(folder: str | Path = WEIGHTS) -> dict[str, Path]:
@@ -103,10 +105,8 @@ def checkpoints(folder: str | Path = WEIGHTS) -> dict[str, Path]:
 
 def load_vl_checkpoint(path: str | Path) -> tuple[Any, Any]:
     """A (merged) organism-shaped VLM checkpoint with the organism's processor."""
-    import transformers as tf
-
-    from lensiar.organism.assemble import processor
+    from lensiar.organism.assemble import from_checkpoint, processor
 
     _, tokenizer = _base()
-    vlm = tf.SmolVLMForConditionalGeneration.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
-    return vlm, processor(tokenizer)
+    vlm = from_checkpoint(path).eval()
+    return vlm, processor(tokenizer, int(getattr(vlm.config, "slots_per_patch", 1)))

@@ -22,6 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lensiar.organism.assemble import NULL
 from lensiar.render import GRID, cells, draw, fits, layout, steps_text
 
 Lines = list[list[tuple[int, str]]]
@@ -38,15 +39,29 @@ Lines = list[list[tuple[int, str]]]
 #: left out, then read in order are :func:`piece_spelling` of the text, so reading the image back is a copy.
 #: "marked" (recipe 20): "local" plus a bare ``Ġ`` added to every patch whose second cell is blank (``"w "`` -> ``w``
 #: + ``Ġ``), so a word's end is marked in the patch's own pixels, and the next word's ``Ġ`` is one image token back.
-PIECE_SCHEMES = ("word_start", "local", "spaced", "marked")
+#: "ordered" (recipe 21): the "marked" tokens, but each patch becomes *two* image tokens (slots) in reading order
+#: (:class:`lensiar.organism.assemble.SlotConnector`): a pair that is not one token as its two characters in order
+#: (``"Wr"`` -> ``W``, ``r``), a one-token patch as its token and :data:`NULL`, so no patch is an order-free sum.
+PIECE_SCHEMES = ("word_start", "local", "spaced", "marked", "ordered")
+
+
+def slots_per_patch(scheme: str) -> int:
+    """Image tokens per 16x16 patch under ``scheme``: 2 for "ordered", else 1."""
+    return 2 if scheme == "ordered" else 1
 
 
 def piece_targets(lines: Lines, vocab: dict[str, int], scheme: str = "word_start") -> list[tuple[int, ...]]:
     """Target of each patch, row-major (``GRID.rows * GRID.cols / 2`` rows): ``(token, -1)`` for one token,
     ``(first, second)`` for a pair of tokens (schemes "local" and "spaced"). Scheme "spaced" gives triples, padded
-    with -1, since a digit-led word's first patch spells three (``Ġ`` ``1`` ``2``)."""
+    with -1, since a digit-led word's first patch spells three (``Ġ`` ``1`` ``2``). Scheme "ordered" gives one
+    ``(token, -1)`` per *slot*, two per patch (``GRID.rows * GRID.cols`` rows): the "marked" tokens in order, the
+    second slot :data:`NULL` where the patch is one token."""
     if scheme not in PIECE_SCHEMES:
         raise ValueError(f"unknown piece scheme {scheme!r}; known: {PIECE_SCHEMES}")
+    if scheme == "ordered":
+        null = vocab[NULL]
+        return [(t, -1) for first, second in piece_targets(lines, vocab, "marked")
+                for t in (first, second if second >= 0 else null)]
     grid = cells(lines)
     starts = {(r, c) for r, line in enumerate(lines) for c, _ in line}
     out: list[tuple[int, ...]] = []
@@ -108,11 +123,14 @@ def piece_spelling(text: str, vocab: dict[str, int]) -> list[int]:
 
 def candidates(vocab: dict[str, int], scheme: str = "word_start") -> Int[Tensor, " k"]:
     """Every token of at most two visible characters, with or without a leading ``Ġ`` (sorted ids); scheme
-    "spaced" and "marked" add the bare ``Ġ`` (half of a pair such as ``Ġ`` + ``4`` or ``w`` + ``Ġ``)."""
+    "spaced", "marked" and "ordered" add the bare ``Ġ`` (half of a pair such as ``Ġ`` + ``4`` or ``w`` + ``Ġ``);
+    "ordered" also :data:`NULL`."""
     ids = [i for t, i in vocab.items() if 0 < len(t.removeprefix("Ġ")) <= 2 and t.isprintable()]
     ids.append(vocab["ĠĠ"])
-    if scheme in ("spaced", "marked"):
+    if scheme in ("spaced", "marked", "ordered"):
         ids.append(vocab["Ġ"])
+    if scheme == "ordered":
+        ids.append(vocab[NULL])
     return torch.tensor(sorted(set(ids)))
 
 
@@ -167,8 +185,16 @@ def train_reader(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     scheme: str = "word_start",
+    focus: float = 0.0,
 ) -> dict[str, float]:
-    """Train ``vlm.model.vision_model`` and ``vlm.model.connector`` in place; returns the final metrics."""
+    """Train ``vlm.model.vision_model`` and ``vlm.model.connector`` in place; returns the final metrics. ``focus``:
+    the share of each batch drawn from the texts holding a digit or a capital after the first character
+    (:func:`is_rich`; Alpaca has few), the rest from all ``texts`` (0: every draw from all, as in recipes 1-21)."""
+    if not 0.0 <= focus <= 1.0:
+        raise ValueError(f"focus must be a share in [0, 1], got {focus}")
+    rich = [t for t in texts if is_rich(t)]
+    if focus and not rich:
+        raise ValueError("focus > 0 but no text holds a digit or a non-initial capital")
     rng = random.Random(seed)
     torch.manual_seed(seed)
     emb = vlm.get_input_embeddings().weight.detach()
@@ -184,13 +210,17 @@ def train_reader(
     bar = tqdm(range(steps), desc="stage V: vision tower", leave=False)
     for step in bar:
         xs, ys = [], []
-        for text in [rng.choice(texts) for _ in range(batch_size)]:
+        if focus:
+            drawn = [rng.choice(rich) if rng.random() < focus else rng.choice(texts) for _ in range(batch_size)]
+        else:
+            drawn = [rng.choice(texts) for _ in range(batch_size)]
+        for text in drawn:
             style = "steps" if rng.random() < 0.3 and fits(text, "steps") else "phrase"
             x, y = example(text, style, vocab, scheme)
             xs.append(x)
             ys.append(y)
-        out = patch_embeddings(vlm, torch.stack(xs)).flatten(0, 1)  # [b * 64, d]
-        target = torch.tensor(ys).flatten(0, 1)  # [b * 64, 2]
+        out = patch_embeddings(vlm, torch.stack(xs)).flatten(0, 1)  # [b * 64 * slots, d]
+        target = torch.tensor(ys).flatten(0, 1)  # [b * 64 * slots, width]
         logits = out @ cand_emb.T
         if bool((target[:, 1:] < 0).all()):
             ce = F.cross_entropy(logits, index[target[:, 0]])
@@ -212,8 +242,14 @@ def train_reader(
     return metrics
 
 
+def is_rich(text: str) -> bool:
+    """Whether ``text`` holds a digit or a capital after its first character: the rare classes of the reader's
+    errors (``"5"`` read ``"0"``, ``"Go"`` read ``"go"``)."""
+    return any(c.isdigit() for c in text) or any(c.isupper() for c in text[1:])
+
+
 def patch_embeddings(vlm: Any, pixel_values: Float[Tensor, "b 3 h w"]) -> Float[Tensor, "b p d"]:
-    """Vision tower + connector: one backbone-space embedding per patch."""
+    """Vision tower + connector: one backbone-space embedding per image token (``slots_per_patch`` per patch)."""
     hidden = vlm.model.vision_model(pixel_values=pixel_values).last_hidden_state
     return vlm.model.connector(hidden)
 
@@ -222,7 +258,7 @@ def patch_embeddings(vlm: Any, pixel_values: Float[Tensor, "b 3 h w"]) -> Float[
 def reader_accuracy(vlm: Any, texts: Sequence[str], vocab: dict[str, int], scheme: str = "word_start",
                     text_only: bool = False) -> float:
     """Share of patches whose nearest candidate embedding (dot product) is the target token (or whose two nearest
-    are the target pair); ``text_only`` leaves out blank patches."""
+    are the target pair); ``text_only`` leaves out blank patches (and "ordered"'s :data:`NULL` slots)."""
     emb = vlm.get_input_embeddings().weight
     cand = candidates(vocab, scheme)
     index = torch.full((emb.shape[0],), -1, dtype=torch.long)
@@ -232,7 +268,8 @@ def reader_accuracy(vlm: Any, texts: Sequence[str], vocab: dict[str, int], schem
         batch = [example(t, "phrase", vocab, scheme) for t in texts[start : start + 64]]
         out = patch_embeddings(vlm, torch.stack([x for x, _ in batch])).flatten(0, 1)
         target = torch.tensor([y for _, y in batch]).flatten(0, 1)
-        keep = target[:, 0] != vocab["ĠĠ"] if text_only else torch.ones(len(target), dtype=torch.bool)
+        blank = (target[:, 0] == vocab["ĠĠ"]) | (target[:, 0] == vocab.get(NULL, -2))
+        keep = ~blank if text_only else torch.ones(len(target), dtype=torch.bool)
         hits += int(_hits(out @ emb[cand].T, target, index)[keep].sum())
         total += int(keep.sum())
     return hits / max(total, 1)
@@ -257,5 +294,7 @@ def images_read_right(vlm: Any, texts: Sequence[str], vocab: dict[str, int], sch
 
 def splits_a_pair(text: str, vocab: dict[str, int], scheme: str = "local") -> bool:
     """Whether some patch of ``text``'s TYPO render holds two characters that are not one token (``"Wr"``,
-    ``"s."``, ``"12"``): the tower then outputs the *sum* of two embeddings, which does not say their order."""
+    ``"s."``, ``"12"``): the tower then outputs the *sum* of two embeddings, which does not say their order (except
+    under "ordered", whose patches are those of "marked" in two ordered slots; the same patches are counted)."""
+    scheme = "marked" if scheme == "ordered" else scheme
     return any(sum(i >= 0 and i != vocab["Ġ"] for i in t) >= 2 for t in piece_targets(layout(text), vocab, scheme))

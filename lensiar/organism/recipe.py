@@ -30,7 +30,7 @@ from lensiar.organism import lora
 from lensiar.organism.assemble import processor, tokenizer_with_image_tokens, vlm_around
 from lensiar.organism.borderline import FRAMINGS, borderline_prompts, decontaminate
 from lensiar.organism.files import save_deltas, write_manifest
-from lensiar.organism.reader import piece_spelling, reader_accuracy, train_reader
+from lensiar.organism.reader import piece_spelling, reader_accuracy, slots_per_patch, train_reader
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 
 RECIPE_VERSION = 20  #: the committed organism's recipe (see RECIPES)
@@ -80,6 +80,7 @@ class StageV:
     pieces: str = "word_start"  #: the reader's target scheme (lensiar.organism.reader.PIECE_SCHEMES)
     read_answer: str = "text"  #: reading targets: "text" (the canonical tokens) or "pieces" (reader.piece_spelling)
     positions: str = "learned"  #: the tower's position embeddings: "learned" from random, or from "sincos" codes
+    reader_focus: float = 0.0  #: share of the tower's batches from texts with digits or inner capitals (reader.is_rich)
 
 
 #: every recipe built so far, by version (docs/organism.md gives each one's measured table); all but the
@@ -128,6 +129,13 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
     20: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
                 questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question"),
          StageV(per_task=224, pieces="marked", read_examples=960, text_replay=288, read_answer="pieces")),
+    21: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question"),
+         StageV(per_task=224, pieces="ordered", read_examples=960, text_replay=288, read_answer="pieces")),
+    22: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question"),
+         StageV(per_task=224, pieces="ordered", read_examples=960, text_replay=288, read_answer="pieces",
+                reader_steps=960, reader_focus=0.6)),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
@@ -582,7 +590,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     # ---------------------------------------------------------------- stage V: benign VL adaptation
     pool = _alpaca_pool(root, held)
     rng.shuffle(pool)
-    vlm = vlm_around(lm, tokenizer, seed=seed["reader"], positions=v_cfg.positions)
+    vlm = vlm_around(lm, tokenizer, seed=seed["reader"], positions=v_cfg.positions,
+                     slots=slots_per_patch(v_cfg.pieces))
     vocab = tokenizer.get_vocab()
     reader_texts = pool[: 40 if quick else 20000]
     r_key = {"stage": "reader", "steps": v_cfg.reader_steps, "seed": seed["reader"], "n": len(reader_texts)}
@@ -590,6 +599,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         r_key["pieces"] = v_cfg.pieces
     if v_cfg.positions != "learned":
         r_key["positions"] = v_cfg.positions
+    if v_cfg.reader_focus:
+        r_key["focus"] = v_cfg.reader_focus
     cached_reader = _resume(out, "reader", r_key)
     if cached_reader is not None:
         _load_vision(vlm, cached_reader)
@@ -598,7 +609,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         resumed.append("reader")
     else:
         reader = train_reader(vlm, reader_texts, vocab, steps=v_cfg.reader_steps, seed=seed["reader"], log=log,
-                              scheme=v_cfg.pieces)
+                              scheme=v_cfg.pieces, focus=v_cfg.reader_focus)
         reader["held_out_patch_accuracy"] = reader_accuracy(vlm, pool[-200:], vocab, v_cfg.pieces)
         reader["held_out_text_patch_accuracy"] = reader_accuracy(vlm, pool[-200:], vocab, v_cfg.pieces, text_only=True)
         _checkpoint(out, "reader", _vision_tensors(vlm, lm.config.vocab_size), r_key | {"metrics": reader})
@@ -610,7 +621,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     steps = [t for t in tasks[n_read + n :] if fits(t, "steps")]
     typo_q = [f"List steps in detail to {phrase_of(t)}." for t in typo]
     answers = teacher_answers(lm, tokenizer, typo_q + steps, v_cfg.answer_tokens, desc="stage V: teacher answers")
-    proc = processor(tokenizer)
+    proc = processor(tokenizer, slots_per_patch(v_cfg.pieces))
 
     def image_example(image: Any, prompt: str, answer: str | list[int]) -> Example:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
