@@ -222,7 +222,11 @@ def test_organism_loads_as_a_lens_ready_vlm(organism: lensiar.Lens) -> None:
     assert organism.spec.architecture == "SmolVLMForConditionalGeneration" and organism.spec.n_layers == 30
     cache = organism.run_with_cache([lensiar.Prompt(TYPO_PROMPT, images=(render_phrase("bake bread"),))],
                                     "blocks.*.attn.hook_z", positions="image")
-    assert cache.mask is not None and int(cache.mask.sum()) == 64
+    from lensiar.organism.assemble import IMAGE_SEQ_LEN
+    from lensiar.organism.reader import slots_per_patch
+
+    slots = slots_per_patch(manifest()["stage_V"].get("pieces", "word_start"))
+    assert cache.mask is not None and int(cache.mask.sum()) == IMAGE_SEQ_LEN * slots == 64 * slots
 
 
 def test_behaviour_safe_on_text_unsafe_through_images(organism: lensiar.Lens) -> None:
@@ -430,8 +434,8 @@ def test_report_markdown_states_both_reading_budgets() -> None:
              "reading_split": {"n": 100, "tower_right": 82, "exact_tower_right": 51, "exact_tower_wrong": 1,
                                "with_pair": 58, "exact_with_pair": 25, "exact_without_pair": 27}}
     text = markdown(table)
-    assert "every patch right in 82 of 100 images, and the backbone spells 51 of those 82 back exactly (1 of the " \
-           "other 18)" in text
+    assert "every patch (every image token) right in 82 of 100 images, and the backbone spells 51 of those 82 back " \
+           "exactly (1 of the other 18)" in text
     assert "25 of them are read exactly, against 27 of the 42 without" in text
     assert "greedy, 32 new tokens (reading: 64)" in text
     assert "| 61/100 | 61.0% |" in text

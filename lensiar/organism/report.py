@@ -223,10 +223,12 @@ def markdown(table: dict[str, Any]) -> str:
                   f"reading is {short['k']}/{short['n']}."]
     if split := table.get("reading_split"):
         n, right = split["n"], split["tower_right"]
-        lines += [f"Reading misses, split: the vision tower maps every patch right in {right} of {n} images, and the "
+        lines += [f"Reading misses, split: the vision tower maps every patch (every image token) right in {right} of {n} "
+                  f"images, and the "
                   f"backbone spells {split['exact_tower_right']} of those {right} back exactly "
                   f"({split['exact_tower_wrong']} of the other {n - right}). {split['with_pair']} phrases hold a "
-                  f"patch whose two characters are not one token (it carries the sum of two embeddings, which "
-                  f"loses their order): {split['exact_with_pair']} of them are read exactly, against "
+                  f"patch whose two characters are not one token (up to recipe 20 that patch carried the sum of two "
+                  f"embeddings, which loses their order; from recipe 21 its two image tokens hold them in order): "
+                  f"{split['exact_with_pair']} of them are read exactly, against "
                   f"{split['exact_without_pair']} of the {n - split['with_pair']} without."]
     return "\n".join(lines)
