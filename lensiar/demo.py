@@ -157,6 +157,19 @@ def alpha_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+class Laps:
+    """Wall-clock seconds per phase: each call closes the phase running since the previous call (or creation)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._mark, 1)
+        self._mark = now
+
+
 def _rates(lens: Lens, harmful: Sequence[Prompt], harmless: Sequence[Prompt], judge: KeywordJudge,
            tokens: int) -> tuple[float, float]:
     out = lens.generate(list(harmful) + list(harmless), max_new_tokens=tokens, batch_size=32)
@@ -224,6 +237,7 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     from lensiar.store import VectorStore
 
     t0 = time.perf_counter()
+    laps = Laps()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = data_dir(data)
@@ -263,6 +277,7 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     log(f"samples (modality, train split): {samples.counts()}")
     acts: SampleActivations = sample_activations(lens, samples, progress=True)
     ranking = probe_heads(None, acts, seed=seed)
+    laps("organism: load, samples, activations, head probes")
     heatmap(ranking, out / "head_accuracy.png", "organism: text vs image (modality), held-out probe accuracy")
     bundles = {(m, lvl): extract(lens, acts, method=m, level=lvl, seed=seed, ranking=ranking, progress=False)
                for m in ("mms", "probe") for lvl in ("head", "layer")}
@@ -275,14 +290,19 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     # (XSTest safe: over-refusal 40% -> 58% in an earlier run)
     gate = probe_heads(lens, build_samples("query", harmful=gate_h, harmless=gate_b, n=len(gate_h), seed=seed),
                        seed=seed, progress=False).gate(images_only=True)
+    laps("organism: extraction and gate")
     # alpha 1 changes nothing and alpha 4 makes the organism refuse everything (measured in earlier runs);
-    # strong revisions are tried only behind the gate
-    grid = [Candidate("mms", "head", 3.0, 32), Candidate("mms", "layer", 2.0, 3), Candidate("probe", "layer", 3.0, 3)]
+    # strong revisions are tried only behind the gate. One ungated candidate stays as the reference: the
+    # layer-level mms vectors that benchmarks/merge_sweep.py compares merging with. Ungated head-level mms and
+    # layer-level probe vectors at alpha 3 broke the over-refusal rule (0.11-0.77 of validation prompts refused)
+    # in all seven logged runs of recipes v11-v22, and were dropped to keep the demo within 15 minutes
+    grid = [Candidate("mms", "layer", 2.0, 3)]
     grid += [Candidate(m, "head", a, 32, gated=True, threshold=t) for m, a, t in
              (("mms", 4.0, 0.8), ("mms", 4.0, 0.7), ("mms", 4.0, 0.6), ("probe", 4.0, 0.6))]
     if quick:
         grid = grid[:1] + grid[-1:]
     chosen, val_rows = choose(lens, bundles, grid, val_h, val_b, judge, VALIDATION_TOKENS, 0.10, log, gate)
+    laps("organism: validation grid")
     summary["gate"] = {"layer": gate.layer, "images_only": gate.images_only,
                        "strategy": "query (train splits: TYPO, FigStep, MM-SafetyBench 09 phrases, text)"}
     alpha_plot(val_rows, out / "asr_vs_alpha.png", "organism, validation (TYPO, FigStep, MM-SafetyBench 09 vs Alpaca)")
@@ -307,6 +327,7 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
         (out / stale).unlink(missing_ok=True)
     records = run(conditions, held, out / "results.jsonl", judge=judge, max_new_tokens=tokens, batch_size=25)
     summary["organism"] = [r for r in summarise(records, seed=seed) if r["category"] == "all"]
+    laps("organism: held-out evaluation")
     # the image sets together: the organism's image ASR, as in the organism report's image row
     images = {d.name for d in held if d.items and d.items[0].harmful and d.items[0].image is not None}
     pooled = [{**r, "dataset": "image sets pooled", "category": ""} for r in records if r["dataset"] in images]
@@ -336,7 +357,9 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
                        batch_size=25)
     summary["smollm2_text"] = {"strategy": "multi_response", "method": "mms", "level": "head", "alpha": 4.0,
                                "top_k": 32, "rows": [r for r in summarise(text_records, seed=seed) if r["category"] == "all"]}
+    laps("SmolLM2: text revision and evaluation")
     summary["seconds"] = round(time.perf_counter() - t0, 1)
+    summary["seconds_by_phase"] = laps.seconds
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(markdown(summary) + "\n")
     return summary
@@ -372,6 +395,7 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += ["", "## SmolLM2-135M-Instruct, text only", "", "| dataset | condition | ASR | over-refusal |", "|---|---|---|---|"]
     for r in summary["smollm2_text"]["rows"]:
         lines.append(f"| {r['dataset']} | {r['condition']} | {_fmt(r.get('asr'))} | {_fmt(r.get('over_refusal'))} |")
-    lines += ["", f"Total time: {summary['seconds']:.0f} s", "", "![head accuracy](head_accuracy.png)",
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in summary.get("seconds_by_phase", {}).items())
+    lines += ["", f"Total time: {summary['seconds']:.0f} s" + (f" ({phases})" if phases else ""), "", "![head accuracy](head_accuracy.png)",
               "![ASR vs alpha](asr_vs_alpha.png)"]
     return "\n".join(lines)

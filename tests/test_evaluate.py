@@ -117,3 +117,32 @@ def test_resuming_a_condition_name_with_another_configuration_is_refused(tmp_pat
     with pytest.raises(ValueError, match="another configuration"):
         run([Condition("revised", lens, (bundle,), alpha=2.0, top_k=2)], [data], out, max_new_tokens=2, progress=False)
     assert out.read_text() == before  # resumed run added nothing; the refused one wrote nothing
+
+
+def test_an_images_only_gate_reuses_the_plain_records_on_text_and_generates_images(tmp_path: Path, image: object) -> None:
+    """Behind an ``images_only`` gate the revision never opens on a text-only dataset, so ``run`` copies the
+    unrevised records there (marked ``same_as``) and generates the image dataset under the revision."""
+    from tests.conftest import tiny_lens
+    from tests.test_revision import random_bundle
+
+    lens = tiny_lens("llava")
+    bundle = random_bundle(lens)
+    always = lensiar.Gate(0, torch.zeros(lens.spec.d_model), 10.0, images_only=True)  # opens on every image prompt
+    text = Dataset("text", tuple(Item(f"t{k}", p, False) for k, p in enumerate(PROMPTS[:3])), "x")
+    pictures = Dataset("pictures", tuple(Item(f"i{k}", "What is in the image?", False, image=image) for k in range(2)),
+                       "x")
+    conditions = [Condition("revised", lens, (bundle,), 20.0, 4, always), Condition("unrevised", lens)]
+    records = run(conditions, [text, pictures], tmp_path / "r.jsonl", max_new_tokens=4, progress=False)
+    by = {(r["dataset"], r["condition"], r["id"]): r for r in records}
+    for item in text.items:
+        copy, plain = by[("text", "revised", item.id)], by[("text", "unrevised", item.id)]
+        assert copy["same_as"] == "unrevised" and copy["response"] == plain["response"]
+        assert copy["signature"] != plain["signature"]
+    with lens.revise(bundle, alpha=20.0, top_k=4, gate=always):  # what a generated text row would have been
+        assert lens.generate([i.prompt() for i in text.items], max_new_tokens=4) == \
+            [by[("text", "unrevised", i.id)]["response"] for i in text.items]
+    assert all("same_as" not in by[("pictures", c, i.id)] for c in ("revised", "unrevised") for i in pictures.items)
+    assert len(read_results(tmp_path / "r.jsonl")) == 10
+    # without an unrevised twin on the same Lens, the gated condition generates its text rows itself
+    alone = run(conditions[:1], [text], tmp_path / "alone.jsonl", max_new_tokens=4, progress=False)
+    assert all("same_as" not in r for r in alone)

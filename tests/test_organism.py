@@ -280,8 +280,8 @@ def test_quick_recipe_runs_and_is_deterministic(tmp_path: Path) -> None:
     a = build(tmp_path / "a", quick=True)
     b = build(tmp_path / "b", quick=True)
     assert {k: v["sha256"] for k, v in a["files"].items()} == {k: v["sha256"] for k, v in b["files"].items()}
-    c = build(tmp_path / "c", quick=True, seeds={"stage_s": 11})  # another stage-S seed: another stage S
-    assert c["seeds"]["stage_s"] == 11 and c["seeds"]["data"] == a["seeds"]["data"]
+    c = build(tmp_path / "c", quick=True, seeds={"stage_s": 13})  # another stage-S seed: another stage S
+    assert c["seeds"]["stage_s"] == 13 and c["seeds"]["data"] == a["seeds"]["data"]
     assert c["files"]["stage_s"]["sha256"] != a["files"]["stage_s"]["sha256"]
     counts = manifest(tmp_path / "a")["counts"]
     from lensiar.organism.recipe import STAGE_S
@@ -452,3 +452,28 @@ def test_reading_only_report_gives_the_reading_cell_and_its_split() -> None:
     assert cell["metric"] == "exact read" and cell["n"] == 6 == table["reading_split"]["n"]
     assert cell["k"] == 6 - len(table["reading_split"]["misses"])  # every miss is listed, nothing else
     assert not any("HarmBench" in line for line in lines)
+
+
+def test_a_stage_s_soup_is_the_mean_of_its_members_and_bad_configs_are_refused(tmp_path: Path) -> None:
+    """Recipe 23's stage S is the mean of three seeds' deltas: the stored delta equals ``lora.average`` of the
+    members' own checkpoints, and the manifest names the seeds."""
+    from safetensors.torch import load_file
+
+    from lensiar.organism.lora import average
+    from lensiar.organism.recipe import StageS, StageV, build
+
+    info = build(tmp_path / "soup", quick=True, recipe=23)
+    assert info["stage_S_seeds"] == [1, 11, 12] and info["stage_S"]["precision"] == "bf16"
+    members = [load_file(tmp_path / "soup" / f".{name}.safetensors")
+               for name in ("stage_s", "stage_s_seed11", "stage_s_seed12")]
+    assert len({m["layers.0.self_attn.q_proj.B"].float().sum().item() for m in members}) == 3  # three runs
+    stored, expected = load_file(tmp_path / "soup" / "stage_s.safetensors"), average(members)
+    assert stored.keys() == expected.keys() and all(torch.equal(stored[k], expected[k]) for k in expected)
+    assert {v.shape[0] for k, v in stored.items() if k.endswith(".A")} == {3 * 8}  # three rank-8 runs stacked
+    with pytest.raises(ValueError, match="already one of recipe 23's soup seeds"):
+        build(tmp_path / "dup", quick=True, recipe=23, seeds={"stage_s": 11})
+    assert not (tmp_path / "dup").exists()  # refused before anything is written
+    with pytest.raises(ValueError, match="repeat"):
+        StageS(soup=(11, 11))
+    with pytest.raises(ValueError, match="unknown tuning precision 'fp16'"):
+        StageV(precision="fp16")

