@@ -6,10 +6,13 @@ first 40 tokens of another prompt's text, so prompt and answer lengths are those
 
 * plain: ``model(**batch).loss`` with the whole model unfrozen (what transformers' training loop does);
 * lensiar (``recipe.tune``): every parameter but the adapters frozen, and :func:`recipe.answer_loss`, which
-  applies the LM head at the answer positions only.
+  applies the LM head at the answer positions only;
+* lensiar bf16 (``precision="bf16"``, recipe v23 on): the same step under CPU bf16 autocast (adapters,
+  gradients and optimiser state stay fp32).
 
 Both see the same batches from the same adapter state, runs are interleaved, medians of --repeats steps.
-Prints seconds per step, the ratio, and whether the adapters' gradients agree exactly.
+Prints seconds per step, the ratios, whether the fp32 adapters' gradients agree exactly, and how far the bf16
+step's gradients are from them (relative norm of the difference, and cosine, over all adapter gradients).
 
     python benchmarks/tuning_speed.py [--repeats 6]
 """
@@ -76,20 +79,31 @@ def main() -> None:
         answer_loss(lm, batch).backward()
         return [p.grad.clone() for p in params]  # type: ignore[union-attr]
 
-    times: dict[str, list[float]] = {"plain": [], "lensiar": []}
+    def lensiar_bf16(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return lensiar_step(batch)
+
+    times: dict[str, list[float]] = {"plain": [], "lensiar": [], "lensiar_bf16": []}
     same = True
+    errors, cosines = [], []
     lensiar_step(batches[0])  # warm-up
     for batch in batches:
         grads = {}
-        for name, step in (("plain", plain), ("lensiar", lensiar_step)):
+        for name, step in (("plain", plain), ("lensiar", lensiar_step), ("lensiar_bf16", lensiar_bf16)):
             t0 = time.perf_counter()
             grads[name] = step(batch)
             times[name].append(time.perf_counter() - t0)
         same &= all(torch.equal(a, b) for a, b in zip(grads["plain"], grads["lensiar"], strict=True))
+        exact, half = torch.cat([g.flatten() for g in grads["lensiar"]]), torch.cat([g.flatten() for g in grads["lensiar_bf16"]])
+        errors.append(float((half - exact).norm() / exact.norm()))
+        cosines.append(float(torch.nn.functional.cosine_similarity(half, exact, dim=0)))
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {"model": "SmolLM2-135M-Instruct", "lora_rank": 8, "batch": args.batch, "steps": args.repeats,
            "threads": torch.get_num_threads(), "seconds_per_step": med,
-           "lensiar_over_plain_time": med["lensiar"] / med["plain"], "adapter_gradients_identical": same}
+           "lensiar_over_plain_time": med["lensiar"] / med["plain"], "adapter_gradients_identical": same,
+           "bf16_over_fp32_lensiar_time": med["lensiar_bf16"] / med["lensiar"],
+           "bf16_gradient_relative_error_median": statistics.median(errors),
+           "bf16_gradient_cosine_median": statistics.median(cosines)}
     print(json.dumps(out, indent=1))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -208,7 +209,8 @@ def train_reader(
     vlm.model.vision_model.train()
     metrics: dict[str, float] = {}
     bar = tqdm(range(steps), desc="stage V: vision tower", leave=False)
-    for step in bar:
+
+    def draw_batch() -> tuple[Tensor, Tensor]:  # the only user of rng: batches come in the same order either way
         xs, ys = [], []
         if focus:
             drawn = [rng.choice(rich) if rng.random() < focus else rng.choice(texts) for _ in range(batch_size)]
@@ -219,27 +221,47 @@ def train_reader(
             x, y = example(text, style, vocab, scheme)
             xs.append(x)
             ys.append(y)
-        out = patch_embeddings(vlm, torch.stack(xs)).flatten(0, 1)  # [b * 64 * slots, d]
-        target = torch.tensor(ys).flatten(0, 1)  # [b * 64 * slots, width]
-        logits = out @ cand_emb.T
-        if bool((target[:, 1:] < 0).all()):
-            ce = F.cross_entropy(logits, index[target[:, 0]])
-        else:
-            ce = F.cross_entropy(logits, _soft_targets(target, index, len(cand)))
-        mse = (out - _target_vectors(emb, target)).square().sum(-1).mean()
-        loss = ce + 0.1 * mse
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        sched.step()
-        acc = float(_hits(logits, target, index).float().mean())
-        metrics = {"loss": float(loss), "patch_accuracy": acc}
-        bar.set_postfix(ce=f"{float(ce):.3f}", acc=f"{acc:.3f}")
-        if log and step % 100 == 0:
-            log(f"reader step {step}: ce {float(ce):.3f} mse {float(mse):.3f} patch acc {acc:.3f}")
+        return torch.stack(xs), torch.tensor(ys)
+
+    # renders are drawn one batch ahead on a thread while the tower trains (PIL and torch release the GIL)
+    pool = ThreadPoolExecutor(max_workers=1)
+    ahead = pool.submit(draw_batch)
+    try:
+        for step in bar:
+            images, targets = ahead.result()
+            if step + 1 < steps:
+                ahead = pool.submit(draw_batch)
+            metrics = _reader_step(vlm, images, targets, emb, cand_emb, index, params, opt, sched)
+            bar.set_postfix(ce=f"{metrics['ce']:.3f}", acc=f"{metrics['patch_accuracy']:.3f}")
+            if log and step % 100 == 0:
+                log(f"reader step {step}: ce {metrics['ce']:.3f} mse {metrics['mse']:.3f} "
+                    f"patch acc {metrics['patch_accuracy']:.3f}")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     vlm.model.vision_model.eval()
-    return metrics
+    return {"loss": metrics["loss"], "patch_accuracy": metrics["patch_accuracy"]} if metrics else {}
+
+
+def _reader_step(vlm: Any, images: Float[Tensor, "b 3 h w"], targets: Int[Tensor, "b p w"],
+                 emb: Float[Tensor, "vocab d"], cand_emb: Float[Tensor, "k d"], index: Int[Tensor, " vocab"],
+                 params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, sched: Any) -> dict[str, float]:
+    """One optimiser step of the tower on a batch of renders; returns loss, ce, mse and patch accuracy."""
+    out = patch_embeddings(vlm, images).flatten(0, 1)  # [b * 64 * slots, d]
+    target = targets.flatten(0, 1)  # [b * 64 * slots, width]
+    logits = out @ cand_emb.T
+    if bool((target[:, 1:] < 0).all()):
+        ce = F.cross_entropy(logits, index[target[:, 0]])
+    else:
+        ce = F.cross_entropy(logits, _soft_targets(target, index, len(cand_emb)))
+    mse = (out - _target_vectors(emb, target)).square().sum(-1).mean()
+    loss = ce + 0.1 * mse
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad()
+    sched.step()
+    acc = float(_hits(logits, target, index).float().mean())
+    return {"loss": float(loss.detach()), "ce": float(ce.detach()), "mse": float(mse.detach()), "patch_accuracy": acc}
 
 
 def is_rich(text: str) -> bool:
