@@ -94,7 +94,7 @@ def main() -> None:
             grads[name] = step(batch)
             times[name].append(time.perf_counter() - t0)
         same &= all(torch.equal(a, b) for a, b in zip(grads["plain"], grads["lensiar"], strict=True))
-        exact, half = torch.cat([g.flatten() for g in grads["lensiar"]]), torch.cat([g.flatten() for g in grads["lensiar_bf16"]])
+        exact, half = (torch.cat([g.flatten().double() for g in grads[k]]) for k in ("lensiar", "lensiar_bf16"))
         errors.append(float((half - exact).norm() / exact.norm()))
         cosines.append(float(torch.nn.functional.cosine_similarity(half, exact, dim=0)))
     med = {k: statistics.median(v) for k, v in times.items()}

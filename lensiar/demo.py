@@ -165,6 +165,7 @@ class Laps:
         self._mark = time.perf_counter()
 
     def __call__(self, name: str) -> None:
+        """Record the seconds since the last lap under ``name`` and start the next phase."""
         now = time.perf_counter()
         self.seconds[name] = round(now - self._mark, 1)
         self._mark = now
