@@ -186,10 +186,13 @@ def train_reader(
     log: Callable[[str], None] | None = None,
     scheme: str = "word_start",
     focus: float = 0.0,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Train ``vlm.model.vision_model`` and ``vlm.model.connector`` in place; returns the final metrics. ``focus``:
     the share of each batch drawn from the texts holding a digit or a capital after the first character
     (:func:`is_rich`; Alpaca has few), the rest from all ``texts`` (0: every draw from all, as in recipes 1-21)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown tower precision {precision!r}; known: 'fp32', 'bf16'")
     if not 0.0 <= focus <= 1.0:
         raise ValueError(f"focus must be a share in [0, 1], got {focus}")
     rich = [t for t in texts if is_rich(t)]
@@ -226,7 +229,7 @@ def train_reader(
     # (0.75-0.77 s a step against 0.67-0.73, session 17), so renders stay in line
     for step in bar:
         images, targets = draw_batch()
-        metrics = _reader_step(vlm, images, targets, emb, cand_emb, index, params, opt, sched)
+        metrics = _reader_step(vlm, images, targets, emb, cand_emb, index, params, opt, sched, precision)
         bar.set_postfix(ce=f"{metrics['ce']:.3f}", acc=f"{metrics['patch_accuracy']:.3f}")
         if log and step % 100 == 0:
             log(f"reader step {step}: ce {metrics['ce']:.3f} mse {metrics['mse']:.3f} "
@@ -237,11 +240,18 @@ def train_reader(
 
 def _reader_step(vlm: Any, images: Float[Tensor, "b 3 h w"], targets: Int[Tensor, "b p w"],
                  emb: Float[Tensor, "vocab d"], cand_emb: Float[Tensor, "k d"], index: Int[Tensor, " vocab"],
-                 params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, sched: Any) -> dict[str, float]:
-    """One optimiser step of the tower on a batch of renders; returns loss, ce, mse and patch accuracy."""
-    out = patch_embeddings(vlm, images).flatten(0, 1)  # [b * 64 * slots, d]
+                 params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, sched: Any,
+                 precision: str = "fp32") -> dict[str, float]:
+    """One optimiser step of the tower on a batch of renders; returns loss, ce, mse and patch accuracy.
+    ``precision="bf16"``: the tower under bf16 autocast and the logits as a bf16 matmul (the step's largest
+    cost: every image token against every candidate), with the cross-entropy and squared error in fp32 (a
+    whole step under autocast stopped learning)."""
+    half = precision == "bf16"
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+        out = patch_embeddings(vlm, images)
+    out = out.float().flatten(0, 1)  # [b * 64 * slots, d]
     target = targets.flatten(0, 1)  # [b * 64 * slots, width]
-    logits = out @ cand_emb.T
+    logits = (out.bfloat16() @ cand_emb.T.bfloat16()).float() if half else out @ cand_emb.T
     if bool((target[:, 1:] < 0).all()):
         ce = F.cross_entropy(logits, index[target[:, 0]])
     else:

@@ -88,10 +88,12 @@ class StageV:
     read_answer: str = "text"  #: reading targets: "text" (the canonical tokens) or "pieces" (reader.piece_spelling)
     positions: str = "learned"  #: the tower's position embeddings: "learned" from random, or from "sincos" codes
     reader_focus: float = 0.0  #: share of the tower's batches from texts with digits or inner capitals (reader.is_rich)
-    precision: str = "fp32"  #: backbone tuning arithmetic, as StageS.precision (the vision tower always trains in fp32)
+    precision: str = "fp32"  #: backbone tuning arithmetic, as StageS.precision
+    reader_precision: str = "fp32"  #: the vision tower's: "bf16" runs the tower and its logits in bf16 (reader.py)
 
     def __post_init__(self) -> None:
         _check_precision(self.precision)
+        _check_precision(self.reader_precision)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -160,6 +162,11 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
                 precision="bf16"),
          StageV(per_task=224, pieces="ordered", read_examples=960, text_replay=288, read_answer="pieces",
                 reader_steps=960, reader_focus=0.6, precision="bf16")),
+    24: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question", soup=(11, 12),
+                precision="bf16"),
+         StageV(per_task=224, pieces="ordered", read_examples=960, text_replay=288, read_answer="pieces",
+                reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16")),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
@@ -661,6 +668,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         r_key["positions"] = v_cfg.positions
     if v_cfg.reader_focus:
         r_key["focus"] = v_cfg.reader_focus
+    if v_cfg.reader_precision != "fp32":
+        r_key["precision"] = v_cfg.reader_precision
     cached_reader = _resume(out, "reader", r_key)
     if cached_reader is not None:
         _load_vision(vlm, cached_reader)
@@ -669,7 +678,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         resumed.append("reader")
     else:
         reader = train_reader(vlm, reader_texts, vocab, steps=v_cfg.reader_steps, seed=seed["reader"], log=log,
-                              scheme=v_cfg.pieces, focus=v_cfg.reader_focus)
+                              scheme=v_cfg.pieces, focus=v_cfg.reader_focus, precision=v_cfg.reader_precision)
         reader["held_out_patch_accuracy"] = reader_accuracy(vlm, pool[-200:], vocab, v_cfg.pieces)
         reader["held_out_text_patch_accuracy"] = reader_accuracy(vlm, pool[-200:], vocab, v_cfg.pieces, text_only=True)
         _checkpoint(out, "reader", _vision_tensors(vlm, lm.config.vocab_size), r_key | {"metrics": reader})
