@@ -477,3 +477,24 @@ def test_a_stage_s_soup_is_the_mean_of_its_members_and_bad_configs_are_refused(t
         StageS(soup=(11, 11))
     with pytest.raises(ValueError, match="unknown tuning precision 'fp16'"):
         StageV(precision="fp16")
+
+
+def test_tower_precision_is_validated_and_bf16_steps_train() -> None:
+    """``reader_precision="bf16"`` (recipe 24) trains: three steps on a fresh two-slot tower move its weights;
+    an unknown precision is refused before any step."""
+    from lensiar.organism import _base
+    from lensiar.organism.assemble import vlm_around
+    from lensiar.organism.reader import train_reader
+    from lensiar.organism.recipe import StageV
+
+    with pytest.raises(ValueError, match="unknown tuning precision 'half'"):
+        StageV(reader_precision="half")
+    lm, tok = _base()
+    vlm = vlm_around(lm, tok, seed=2, slots=2)
+    before = [p.detach().clone() for p in vlm.model.connector.parameters()]
+    texts = ["Write a haiku about rain.", "Name 3 US states.", "Sort the list: 12, 7, 40."]
+    with pytest.raises(ValueError, match="unknown tower precision"):
+        train_reader(vlm, texts, tok.get_vocab(), steps=1, scheme="ordered", precision="fp8")
+    metrics = train_reader(vlm, texts, tok.get_vocab(), steps=3, batch_size=4, scheme="ordered", precision="bf16")
+    assert 0.0 <= metrics["patch_accuracy"] <= 1.0 and metrics["loss"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, vlm.model.connector.parameters(), strict=True))
