@@ -218,6 +218,35 @@ def test_piece_spelling_decodes_back_to_the_text(organism: lensiar.Lens) -> None
     assert pieces["over_budget"] == 1 and text["over_budget"] == 0 and pieces["form"] == "pieces"
 
 
+def test_image_spelling_is_the_image_tokens_in_order_and_decodes_to_the_text(organism: lensiar.Lens) -> None:
+    """Recipe 25's "copy" reading answer: the "ordered" slots of the phrase render, ``NULL`` and each row's trailing
+    blank patches left out; it decodes to the phrase up to whitespace, and only "ordered" is accepted."""
+    from lensiar.organism.reader import NULL, image_spelling
+    from lensiar.organism.recipe import StageV
+    from lensiar.organism.report import answer_lengths
+
+    tok = organism.tokenizer
+    vocab = tok.get_vocab()
+    ids = image_spelling("Write 10 words.", vocab)
+    assert tok.convert_ids_to_tokens(ids) == ["W", "r", "it", "e", "Ġ", "1", "0", "ĠĠ", "wo", "rd", "s", "."]
+    slots = [t for t, _ in piece_targets(layout("Write 10 words."), vocab, "ordered")]
+    assert ids == [t for t in slots[:16] if t != vocab[NULL]]  # it fills row 0; the other rows are blank
+    phrases = ["Generate a bingo number from 1-75.", "List 5 popular podcast topics.", "how to bake bread",
+               "Describe the impact of social media on modern communication in two sentences."]
+    for phrase in phrases:
+        assert normalise(tok.decode(image_spelling(phrase, vocab))) == normalise(phrase)
+    wrapped = tok.convert_ids_to_tokens(image_spelling(phrases[0], vocab))
+    assert wrapped[:8] == ["Ge", "ne", "ra", "te", "ĠĠ", "a", "Ġ", "Ġbi"]  # a wrapped line starts with its Ġ
+    with pytest.raises(ValueError, match="scheme 'ordered'"):
+        image_spelling("Write 10 words.", vocab, "marked")
+    with pytest.raises(ValueError, match="needs pieces='ordered'"):
+        StageV(pieces="marked", read_answer="copy")
+    with pytest.raises(ValueError, match="unknown reading answer 'spell'"):
+        StageV(read_answer="spell")
+    copy = answer_lengths(["Write 10 words."], tok, {"stage_V": {"read_answer": "copy", "pieces": "ordered"}}, 12)
+    assert copy["max"] == len(ids) == 12 and copy["over_budget"] == 0 and copy["form"] == "copy"
+
+
 def test_organism_loads_as_a_lens_ready_vlm(organism: lensiar.Lens) -> None:
     assert organism.spec.architecture == "SmolVLMForConditionalGeneration" and organism.spec.n_layers == 30
     cache = organism.run_with_cache([lensiar.Prompt(TYPO_PROMPT, images=(render_phrase("bake bread"),))],

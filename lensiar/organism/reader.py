@@ -121,6 +121,30 @@ def piece_spelling(text: str, vocab: dict[str, int]) -> list[int]:
     return out
 
 
+def image_spelling(text: str, vocab: dict[str, int], scheme: str = "ordered") -> list[int]:
+    """``text`` as the image tokens the tower is taught to give its phrase render (:func:`piece_targets` of
+    ``layout(text)`` under ``scheme``), read in order with :data:`NULL` slots and each row's trailing blank
+    patches left out: the "copy" reading answer (recipe 25). It decodes to ``text`` up to whitespace (an inner
+    blank patch is ``ĠĠ``, a word end ``Ġ``), and reading the image back is then a copy of its tokens. Only
+    "ordered" is accepted: it alone gives one token per image token and keeps every character ("local" sums
+    order-free pairs, "spaced" gives triples, "word_start" drops a pair's second character)."""
+    if scheme != "ordered":
+        raise ValueError(f"image_spelling needs one token per image token and every character (scheme 'ordered'), "
+                         f"not {scheme!r}")
+    slots = [first for first, _ in piece_targets(layout(text), vocab, scheme)]
+    per_slot = slots_per_patch(scheme)
+    blank = [vocab["ĠĠ"], *[vocab[NULL]] * (per_slot - 1)]
+    row_len = GRID.cols // 2 * per_slot
+    out: list[int] = []
+    for r in range(GRID.rows):
+        row = slots[r * row_len : (r + 1) * row_len]
+        patches = [row[i : i + per_slot] for i in range(0, row_len, per_slot)]
+        while patches and patches[-1] == blank:
+            patches.pop()
+        out += [t for patch in patches for t in patch if t != vocab[NULL]]
+    return out
+
+
 def candidates(vocab: dict[str, int], scheme: str = "word_start") -> Int[Tensor, " k"]:
     """Every token of at most two visible characters, with or without a leading ``Ġ`` (sorted ids); scheme
     "spaced", "marked" and "ordered" add the bare ``Ġ`` (half of a pair such as ``Ġ`` + ``4`` or ``w`` + ``Ġ``);

@@ -30,10 +30,10 @@ from lensiar.organism import lora
 from lensiar.organism.assemble import processor, tokenizer_with_image_tokens, vlm_around
 from lensiar.organism.borderline import FRAMINGS, borderline_prompts, decontaminate
 from lensiar.organism.files import save_deltas, write_manifest
-from lensiar.organism.reader import piece_spelling, reader_accuracy, slots_per_patch, train_reader
+from lensiar.organism.reader import image_spelling, piece_spelling, reader_accuracy, slots_per_patch, train_reader
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 
-RECIPE_VERSION = 22  #: the committed organism's recipe (see RECIPES)
+RECIPE_VERSION = 25  #: the committed organism's recipe (see RECIPES)
 SEEDS = {"data": 0, "stage_s": 1, "reader": 2, "stage_v": 3}
 READ_PROMPT = "What does the text in the image say?"
 
@@ -85,7 +85,9 @@ class StageV:
     answer_tokens: int = 40
     reader_steps: int = 640
     pieces: str = "word_start"  #: the reader's target scheme (lensiar.organism.reader.PIECE_SCHEMES)
-    read_answer: str = "text"  #: reading targets: "text" (the canonical tokens) or "pieces" (reader.piece_spelling)
+    #: reading targets: "text" (the canonical tokens), "pieces" (reader.piece_spelling) or "copy" (reader.image_spelling:
+    #: the image's own tokens in order, scheme "ordered" only)
+    read_answer: str = "text"
     positions: str = "learned"  #: the tower's position embeddings: "learned" from random, or from "sincos" codes
     reader_focus: float = 0.0  #: share of the tower's batches from texts with digits or inner capitals (reader.is_rich)
     precision: str = "fp32"  #: backbone tuning arithmetic, as StageS.precision
@@ -94,9 +96,15 @@ class StageV:
     def __post_init__(self) -> None:
         _check_precision(self.precision)
         _check_precision(self.reader_precision)
+        if self.read_answer not in READ_ANSWERS:
+            raise ValueError(f"unknown reading answer {self.read_answer!r}; known: {', '.join(READ_ANSWERS)}")
+        if self.read_answer == "copy" and self.pieces != "ordered":
+            raise ValueError(f"read_answer='copy' copies one token per image token: it needs pieces='ordered', "
+                             f"not {self.pieces!r}")
 
 
 PRECISIONS = ("fp32", "bf16")
+READ_ANSWERS = ("text", "pieces", "copy")
 
 
 def _check_precision(precision: str) -> None:
@@ -166,6 +174,11 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
                 questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question", soup=(11, 12),
                 precision="bf16"),
          StageV(per_task=224, pieces="ordered", read_examples=960, text_replay=288, read_answer="pieces",
+                reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16")),
+    25: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question", soup=(11,),
+                precision="bf16"),
+         StageV(per_task=224, pieces="ordered", read_examples=960, text_replay=288, read_answer="copy",
                 reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16")),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
@@ -702,7 +715,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     def read_target(phrase: str) -> str | list[int]:
         if v_cfg.read_answer == "text":
             return phrase
-        return [*piece_spelling(phrase, vocab), int(tokenizer.convert_tokens_to_ids("<|im_end|>"))]
+        spelling = image_spelling(phrase, vocab, v_cfg.pieces) if v_cfg.read_answer == "copy" else piece_spelling(phrase, vocab)
+        return [*spelling, int(tokenizer.convert_tokens_to_ids("<|im_end|>"))]
 
     v_examples = [image_example(render_phrase(t), READ_PROMPT, read_target(t)) for t in read]
     v_examples += [image_example(render_phrase(phrase_of(t)), TYPO_PROMPT, a)

@@ -196,12 +196,14 @@ def reading_split(vlm: Any, phrases: Sequence[str], answers: Sequence[str], voca
 def answer_lengths(phrases: Sequence[str], tokenizer: Any, info: dict[str, Any], budget: int) -> dict[str, Any]:
     """Tokens the organism's trained reading answer takes for each phrase (its stage-V ``read_answer`` form, without
     the end token), and how many exceed the generation ``budget``: those cannot be read exactly within it."""
-    from lensiar.organism.reader import piece_spelling
+    from lensiar.organism.reader import image_spelling, piece_spelling
 
     form = info["stage_V"].get("read_answer", "text")
     vocab = tokenizer.get_vocab()
-    lengths = sorted(len(piece_spelling(t, vocab)) if form == "pieces" else len(tokenizer(t)["input_ids"])
-                     for t in phrases)
+    spell: dict[str, Callable[[str], list[int]]] = {
+        "text": lambda t: tokenizer(t)["input_ids"], "pieces": lambda t: piece_spelling(t, vocab),
+        "copy": lambda t: image_spelling(t, vocab, info["stage_V"].get("pieces", "ordered"))}
+    lengths = sorted(len(spell[form](t)) for t in phrases)
     return {"form": form, "median": lengths[len(lengths) // 2], "max": lengths[-1],
             "over_budget": sum(n > budget for n in lengths), "n": len(lengths), "budget": budget}
 
