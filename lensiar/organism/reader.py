@@ -125,7 +125,9 @@ def image_spelling(text: str, vocab: dict[str, int], scheme: str = "ordered") ->
     """``text`` as the image tokens the tower is taught to give its phrase render (:func:`piece_targets` of
     ``layout(text)`` under ``scheme``), read in order with :data:`NULL` slots and each row's trailing blank
     patches left out: the "copy" reading answer (recipe 25). It decodes to ``text`` up to whitespace (an inner
-    blank patch is ``ĠĠ``, a word end ``Ġ``), and reading the image back is then a copy of its tokens. Only
+    blank patch is ``ĠĠ``, a word end ``Ġ``), and reading the image back is then a copy of its tokens. A word
+    longer than a row is cut by the layout, and its continuation keeps the row-start ``Ġ`` the tower is taught,
+    so it decodes with a space inside. Only
     "ordered" is accepted: it alone gives one token per image token and keeps every character ("local" sums
     order-free pairs, "spaced" gives triples, "word_start" drops a pair's second character)."""
     if scheme != "ordered":

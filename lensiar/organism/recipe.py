@@ -180,6 +180,11 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
                 precision="bf16"),
          StageV(per_task=224, pieces="ordered", read_examples=960, text_replay=288, read_answer="copy",
                 reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16")),
+    26: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question", soup=(11,),
+                precision="bf16"),
+         StageV(per_task=224, pieces="ordered", read_examples=1280, text_replay=384, read_answer="copy",
+                reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16")),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
