@@ -8,7 +8,7 @@ from lensiar.export import export_control_vector
 from lensiar.features import SampleActivations, sample_activations
 from lensiar.hooks import HookNameError
 from lensiar.lens import Lens
-from lensiar.probes import Gate, ProbeResult, probe_heads
+from lensiar.probes import Gate, ProbeResult, probe_heads, split_averaged_layer_accuracy
 from lensiar.prompt import Prompt
 from lensiar.revision import RevisionError
 from lensiar.samples import STRATEGIES, Sample, SampleSet, build_samples
@@ -44,6 +44,7 @@ __all__ = [
     "extract",
     "probe_heads",
     "sample_activations",
+    "split_averaged_layer_accuracy",
     "store",
     "testing",
 ]

@@ -25,7 +25,7 @@ from lensiar.evaluate import Condition, run, summarise
 from lensiar.features import SampleActivations, sample_activations
 from lensiar.judges import KeywordJudge
 from lensiar.lens import Lens
-from lensiar.probes import Gate, ProbeResult, probe_heads
+from lensiar.probes import Gate, ProbeResult, probe_heads, split_averaged_layer_accuracy
 from lensiar.prompt import Prompt
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 from lensiar.samples import build_samples
@@ -81,6 +81,7 @@ def phrase_prompt(phrase: str) -> Prompt:
 
 
 VALIDATION_TOKENS = 12  # refusals open within a dozen tokens; the held-out evaluation generates more
+GATE_SPLITS = 5  # seeded probe splits whose mean held-out accuracy picks the gate's layer
 
 
 def gate_prompts(harmful: Sequence[str], harmless: Sequence[str], phrases: Sequence[str], n: int
@@ -289,8 +290,14 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     # the modality vectors point from a request's image reading to its text reading, so the gate revises image
     # prompts only: the organism's text path is already safe, and a gate on every input flagged borderline text
     # (XSTest safe: over-refusal 40% -> 58% in an earlier run)
-    gate = probe_heads(lens, build_samples("query", harmful=gate_h, harmless=gate_b, n=len(gate_h), seed=seed),
-                       seed=seed, progress=False).gate(images_only=True)
+    # the gate's layer: the best mean held-out accuracy over GATE_SPLITS seeded splits, not one split's best (one
+    # 25% split of these prompts is 96 items, and its best layer moved from 7 to 26 between recipes v25 and v26
+    # on a 4-prompt gap; the five splits' own best layers were 26, 21, 22, 22 and 7 on recipe v26)
+    gate_acts = sample_activations(lens, build_samples("query", harmful=gate_h, harmless=gate_b, n=len(gate_h),
+                                                       seed=seed), progress=False)
+    gate_accuracy = split_averaged_layer_accuracy(gate_acts, range(seed, seed + GATE_SPLITS))
+    gate_layer = int(gate_accuracy.argmax())  # ties: the lowest layer
+    gate = probe_heads(None, gate_acts, seed=seed, progress=False).gate(layer=gate_layer, images_only=True)
     laps("organism: extraction and gate")
     # alpha 1 changes nothing and alpha 4 makes the organism refuse everything (measured in earlier runs);
     # strong revisions are tried only behind the gate. One ungated candidate stays as the reference: the
@@ -305,6 +312,8 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     chosen, val_rows = choose(lens, bundles, grid, val_h, val_b, judge, VALIDATION_TOKENS, 0.10, log, gate)
     laps("organism: validation grid")
     summary["gate"] = {"layer": gate.layer, "images_only": gate.images_only,
+                       "layer_choice": f"best mean held-out accuracy over {GATE_SPLITS} seeded splits",
+                       "layer_accuracy": [round(float(a), 4) for a in gate_accuracy],
                        "strategy": "query (train splits: TYPO, FigStep, MM-SafetyBench 09 phrases, text)"}
     alpha_plot(val_rows, out / "asr_vs_alpha.png", "organism, validation (TYPO, FigStep, MM-SafetyBench 09 vs Alpaca)")
     summary["validation"] = {"n_harmful": len(val_h), "n_harmless": len(val_b), "max_new_tokens": VALIDATION_TOKENS,

@@ -10,7 +10,7 @@ rather than a Python loop of fits.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -310,6 +310,20 @@ class ProbeResult:
         """A conditional-revision gate from the residual probe at ``layer`` (default: the most accurate layer)."""
         chosen = self.top_layers(1)[0] if layer is None else layer
         return Gate(chosen, self.layer_weight[chosen].clone(), float(self.layer_bias[chosen]), threshold, images_only)
+
+
+def split_averaged_layer_accuracy(acts: SampleActivations, seeds: Sequence[int], val_fraction: float = 0.25,
+                                  C: float = 1.0) -> Float[Tensor, " n_layers"]:
+    """Residual probes' held-out accuracy per layer, averaged over one seeded group split per seed.
+
+    One 25% split of a few hundred prompts moves a layer's accuracy by several prompts, so the most accurate
+    layer of one split is a noisy choice (the demo's gate); the mean over several splits is steadier.
+    """
+    if not seeds:
+        raise ValueError("split_averaged_layer_accuracy needs at least one seed")
+    runs = [probe_heads(None, acts, val_fraction=val_fraction, seed=s, C=C, progress=False).layer_accuracy
+            for s in seeds]
+    return torch.stack(runs).mean(0)
 
 
 def top_heads(accuracy: Float[Tensor, "n_layers n_heads"], k: int, layers: list[int] | None = None) -> list[tuple[int, int]]:

@@ -84,6 +84,17 @@ def test_held_out_split_and_determinism(smollm2_query: lensiar.SampleActivations
     assert a.layer_accuracy.shape == (30,) and a.top_layers(3)[0] in range(30)
 
 
+def test_split_averaged_layer_accuracy_is_the_mean_over_seeded_splits(
+        smollm2_query: lensiar.SampleActivations) -> None:
+    """The demo's gate layer: the mean of each seed's own held-out layer accuracies, exactly."""
+    runs = [lensiar.probe_heads(None, smollm2_query, seed=s).layer_accuracy for s in (0, 1, 2)]
+    mean = lensiar.split_averaged_layer_accuracy(smollm2_query, (0, 1, 2))
+    assert torch.equal(mean, torch.stack(runs).mean(0))
+    assert not torch.equal(runs[0], runs[1])  # the splits differ, so the mean is not one split's figure
+    with pytest.raises(ValueError, match="at least one seed"):
+        lensiar.split_averaged_layer_accuracy(smollm2_query, ())
+
+
 def test_nearly_separable_groups_finish_with_newton_and_match_sklearn(monkeypatch: pytest.MonkeyPatch) -> None:
     """Strong signal makes the fixed-bound CG slow; groups it leaves unconverged hand over to Newton
     (observed, not assumed) and end at least as low on scikit-learn's objective as scikit-learn itself."""
