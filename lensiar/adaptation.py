@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lensiar.datasets import Dataset, Item
 from lensiar.evaluate import Condition, run, summarise
-from lensiar.judges import KeywordJudge
+from lensiar.judges import Judge, default_judge
 from lensiar.lens import Lens
 from lensiar.probes import accuracy, fit_logistic
 from lensiar.prompt import Prompt
@@ -164,7 +164,7 @@ def separability_plot(sep: Separability, change: dict[str, Tensor], path: Path, 
 
 
 def degradation(llm: Lens, vlm: Lens, pairs: Sequence[tuple[Dataset, Dataset]], out: Path,
-                judge: KeywordJudge | None = None, tokens: int = 24, batch_size: int = 25) -> list[dict[str, Any]]:
+                judge: Judge | None = None, tokens: int = 24, batch_size: int = 25) -> list[dict[str, Any]]:
     """Side by side: the backbone on text, the VLM on the same content as text, the VLM on it as an image.
 
     ``pairs`` = (text dataset, image dataset) with the same items (ids) in each; harmful items give ASR,
@@ -172,7 +172,7 @@ def degradation(llm: Lens, vlm: Lens, pairs: Sequence[tuple[Dataset, Dataset]], 
     for text, image in pairs:
         if [i.id for i in text.items] != [i.id for i in image.items]:
             raise ValueError(f"{text.name} and {image.name} must hold the same items in the same order")
-    judge = judge or KeywordJudge.from_lists()
+    judge = judge or default_judge()
     texts = [t for t, _ in pairs]
     images = [i for _, i in pairs]
     records = run([Condition("backbone LLM, text", llm)], texts, out, judge, tokens, batch_size)
@@ -195,15 +195,16 @@ def typo_pairs(root: Any, n: int, seed: int = 0) -> list[tuple[Dataset, Dataset]
     benign = random.Random(seed).sample(benign, min(n, len(benign)))
     return [
         (Dataset("mm_safetybench-text", tuple(Item(m["id"], m["text"], True) for m in mm), "mm_safetybench"),
-         Dataset("mm_safetybench-typo", tuple(Item(m["id"], TYPO_PROMPT, True, "", render_phrase(m["phrase"])) for m in mm),
+         Dataset("mm_safetybench-typo", tuple(Item(m["id"], TYPO_PROMPT, True, "", render_phrase(m["phrase"]),
+                                                     {"key_phrase": m["phrase"]}) for m in mm),
                  "mm_safetybench")),
         (Dataset("safebench-text", tuple(Item(s["id"], s["text"], True) for s in sb), "figstep_safebench"),
-         Dataset("safebench-figstep", tuple(Item(s["id"], FIGSTEP_PROMPT, True, "", render_steps(s["instruction"]))
-                                            for s in sb), "figstep_safebench")),
+         Dataset("safebench-figstep", tuple(Item(s["id"], FIGSTEP_PROMPT, True, "", render_steps(s["instruction"]),
+                                                 {"instruction": s["instruction"]}) for s in sb), "figstep_safebench")),
         (Dataset("alpaca-text", tuple(Item(f"alpaca/{k}", f"List steps in detail to {_phrase(t)}.", False)
                                       for k, t in enumerate(benign)), "alpaca"),
-         Dataset("alpaca-typo", tuple(Item(f"alpaca/{k}", TYPO_PROMPT, False, "", render_phrase(_phrase(t)))
-                                      for k, t in enumerate(benign)), "alpaca")),
+         Dataset("alpaca-typo", tuple(Item(f"alpaca/{k}", TYPO_PROMPT, False, "", render_phrase(_phrase(t)),
+                                           {"key_phrase": _phrase(t)}) for k, t in enumerate(benign)), "alpaca")),
     ]
 
 

@@ -7,15 +7,19 @@ Tensors (head level / layer level):
 
 The header's ``lensiar`` entry holds the format version, the model's spec (fingerprint and shape),
 method, strategy, level, data ids and counts, default alpha / top_k and the lensiar version. Files
-are written atomically (temporary file + rename) and never pickled.
+are written atomically (temporary file + rename) and never pickled. The header also holds ``sha256``, a hash
+of every tensor's name, dtype, shape and bytes, checked on load, so silent corruption of the tensor data is
+refused (format 2; format-1 files, which have none, still load).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,8 +33,21 @@ from torch import Tensor
 from lensiar.probes import Gate, top_heads
 from lensiar.spec import ModelSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  #: format 1 has no content hash
 LEVELS = ("head", "layer")
+UNIT_TOLERANCE = 1e-3  #: how far from 1 a stored vector's norm may be
+STALE_SECONDS = 600  #: a save's temporary file older than this was left by a killed save; the next save removes it
+
+
+def content_hash(tensors: dict[str, Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 class BundleError(ValueError):
@@ -65,8 +82,30 @@ class RevisionBundle:
         if self.vectors.ndim != want:
             raise BundleError(f"a {self.level}-level bundle has {want}-D vectors, got shape {tuple(self.vectors.shape)}")
         for name in ("vectors", "sigma", "accuracy"):
-            if not torch.isfinite(getattr(self, name)).all():
+            t = getattr(self, name)
+            if not isinstance(t, Tensor) or not t.is_floating_point():
+                raise BundleError(f"bundle {name} must be a floating-point tensor, got "
+                                  f"{getattr(t, 'dtype', type(t).__name__)}")
+            if not torch.isfinite(t).all():
                 raise BundleError(f"bundle {name} contain NaN or infinite values")
+        norms = self.vectors.float().norm(dim=-1)
+        if ((norms - 1).abs() > UNIT_TOLERANCE).any():
+            bad = int(((norms - 1).abs() > UNIT_TOLERANCE).sum())
+            raise BundleError(f"{bad} bundle vectors are not unit norm (norms {float(norms.min()):.4g}.."
+                              f"{float(norms.max()):.4g}); vectors are stored unit-normalised, sigma holds the scale")
+        if (self.sigma < 0).any():
+            raise BundleError(f"bundle sigma must be >= 0, got a minimum of {float(self.sigma.min()):.4g}")
+        if ((self.accuracy < 0) | (self.accuracy > 1)).any():
+            raise BundleError(f"bundle accuracy must lie in [0, 1], got {float(self.accuracy.min()):.4g}.."
+                              f"{float(self.accuracy.max()):.4g}")
+        for name in ("model", "data", "defaults"):
+            if not isinstance(getattr(self, name), dict):
+                raise BundleError(f"bundle {name} must be a dict, got {type(getattr(self, name)).__name__}")
+        for name in ("method", "strategy"):
+            if not isinstance(getattr(self, name), str):
+                raise BundleError(f"bundle {name} must be a string, got {type(getattr(self, name)).__name__}")
+        self._check_defaults()
+        self._check_own_shape()
         if self.gate is not None:
             d_model = self.model.get("d_model")
             if tuple(self.gate.weight.shape) != (d_model,) or not 0 <= self.gate.layer < self.vectors.shape[0]:
@@ -74,6 +113,25 @@ class RevisionBundle:
                                   f"not fit a model of {self.vectors.shape[0]} layers and d_model {d_model}")
             if not torch.isfinite(self.gate.weight).all() or not math.isfinite(self.gate.bias):
                 raise BundleError("bundle gate contains NaN or infinite values")
+
+    def _check_defaults(self) -> None:
+        alpha, top_k = self.defaults.get("alpha", 1.0), self.defaults.get("top_k", 8)
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+            raise BundleError(f"bundle default alpha must be a finite number, got {alpha!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise BundleError(f"bundle default top_k must be an integer >= 0, got {top_k!r}")
+
+    def _check_own_shape(self) -> None:
+        """The tensors' shape against the model shape the bundle's own metadata states (where it states one)."""
+        dims = {k: self.model.get(k) for k in ("n_layers", "n_heads", "d_head", "d_model")}
+        for k, v in dims.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                raise BundleError(f"bundle model {k} must be a positive integer, got {v!r}")
+        want = ((dims["n_layers"], dims["n_heads"], dims["d_head"]) if self.level == "head"
+                else (dims["n_layers"], dims["d_model"]))
+        if None not in want and tuple(self.vectors.shape) != want:
+            raise BundleError(f"bundle vectors have shape {tuple(self.vectors.shape)}, but its model "
+                              f"({self.model.get('architecture')}) needs {want} at {self.level} level")
 
     # ------------------------------------------------------------------ selection
     def selection(self, top_k: int | None = None, layers: list[int] | None = None) -> Bool[Tensor, "n_layers ..."]:
@@ -160,10 +218,14 @@ class RevisionBundle:
                    for n in ("vectors", "sigma", "accuracy")}
         if self.gate is not None:
             tensors["gate_weight"] = self.gate.weight.detach().to("cpu", torch.float32).contiguous()
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a save killed mid-way
+            if time.time() - stale.stat().st_mtime > STALE_SECONDS:
+                stale.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            save_file(tensors, tmp, metadata={"lensiar": json.dumps(self.metadata(), sort_keys=True)})
+            save_file(tensors, tmp, metadata={"lensiar": json.dumps(self.metadata(), sort_keys=True),
+                                              "sha256": content_hash(tensors)})
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
@@ -174,49 +236,111 @@ class RevisionBundle:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], lens: Any = None) -> RevisionBundle:
-        """Read a bundle; with ``lens``, refuse it unless it was made for that model."""
+        """Read a bundle; with ``lens``, refuse it unless it was made for that model. Anything wrong with the file
+        (truncated, corrupt, tampered header or tensors, wrong types or shapes) raises :class:`BundleError`
+        naming the file and the problem."""
         path = Path(path)
+        try:
+            bundle = cls._read(path)
+            if lens is not None:
+                bundle.validate(lens.spec)
+        except BundleError as exc:
+            message = str(exc)
+            raise BundleError(message if str(path) in message else f"{path}: {message}") from None
+        except Exception as exc:  # a malformed file must never surface as a raw error
+            raise BundleError(f"{path}: malformed bundle ({type(exc).__name__}: {exc})") from None
+        return bundle
+
+    @classmethod
+    def _read(cls, path: Path) -> RevisionBundle:
         if not path.is_file():
             raise BundleError(f"no bundle at {path}")
         try:
             with safe_open(str(path), framework="pt") as fh:
                 header = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
-        except (SafetensorError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise BundleError(f"{path} is not a readable safetensors bundle (truncated or corrupt?): {exc}") from None
         if "lensiar" not in header:
             raise BundleError(f"{path} has no lensiar metadata; it is not a RevisionBundle")
-        meta = json.loads(header["lensiar"])
+        try:
+            meta = json.loads(header["lensiar"])
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{path}: its lensiar metadata is not valid JSON ({exc.msg})") from None
+        if not isinstance(meta, dict):
+            raise BundleError(f"{path}: its lensiar metadata must be a JSON object, got {type(meta).__name__}")
         version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BundleError(f"{path} has bundle format version {version!r}; this lensiar reads version "
-                              f"{FORMAT_VERSION} (upgrade lensiar or re-extract the bundle)")
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            raise BundleError(f"{path} has bundle format version {version!r}; this lensiar reads versions "
+                              f"{READABLE_VERSIONS} (upgrade lensiar or re-extract the bundle)")
+        if version >= 2:
+            if not isinstance(header.get("sha256"), str):
+                raise BundleError(f"{path} has no content hash (sha256) in its header")
+            if content_hash(tensors) != header["sha256"]:
+                raise BundleError(f"{path}: its tensors do not match the content hash in its header (corrupted or "
+                                  "edited after saving)")
         missing = {"vectors", "sigma", "accuracy"} - set(tensors)
         if missing:
             raise BundleError(f"{path} lacks tensors {sorted(missing)}")
+        if extra := set(tensors) - {"vectors", "sigma", "accuracy", "gate_weight"}:
+            raise BundleError(f"{path} holds unknown tensors {sorted(extra)}")
+        for key, kind in (("level", str), ("model", dict), ("method", str), ("strategy", str)):
+            if not isinstance(meta.get(key), kind):
+                raise BundleError(f"{path}: metadata {key!r} must be a {kind.__name__}, got {meta.get(key)!r:.60}")
+        for key in ("data", "defaults"):
+            if not isinstance(meta.get(key, {}), dict):
+                raise BundleError(f"{path}: metadata {key!r} must be a dict")
         gate_meta = meta.get("gate")
-        if gate_meta is not None and "gate_weight" not in tensors:
-            raise BundleError(f"{path} declares a gate but lacks its gate_weight tensor")
-        gate = None if gate_meta is None else Gate(int(gate_meta["layer"]), tensors["gate_weight"],
-                                                    float(gate_meta["bias"]), float(gate_meta["threshold"]),
-                                                    bool(gate_meta.get("images_only", False)))
-        bundle = cls(vectors=tensors["vectors"], sigma=tensors["sigma"], accuracy=tensors["accuracy"],
-                     level=meta["level"], model=meta["model"], method=meta["method"], strategy=meta["strategy"],
-                     data=meta.get("data", {}), defaults=meta.get("defaults", {}), gate=gate)
-        if lens is not None:
-            bundle.validate(lens.spec)
-        return bundle
+        gate = None
+        if gate_meta is not None:
+            if "gate_weight" not in tensors:
+                raise BundleError(f"{path} declares a gate but lacks its gate_weight tensor")
+            gate = _gate_from(gate_meta, tensors["gate_weight"], path)
+        elif "gate_weight" in tensors:
+            raise BundleError(f"{path} holds a gate_weight tensor but no gate metadata")
+        return cls(vectors=tensors["vectors"], sigma=tensors["sigma"], accuracy=tensors["accuracy"],
+                   level=meta["level"], model=meta["model"], method=meta["method"], strategy=meta["strategy"],
+                   data=meta.get("data", {}), defaults=meta.get("defaults", {}), gate=gate)
 
     def validate(self, spec: ModelSpec) -> None:
-        """Raise :class:`BundleError` unless this bundle fits the model described by ``spec``."""
+        """Raise :class:`BundleError` unless this bundle fits the model described by ``spec``: its stated shape
+        and fingerprint, and the shape of its tensors (vectors, and a gate's weight)."""
         mine = self.model
         shape = {"n_layers": spec.n_layers, "n_heads": spec.n_heads, "d_head": spec.d_head, "d_model": spec.d_model}
         wrong = {k: (mine.get(k), v) for k, v in shape.items() if mine.get(k) != v}
         if wrong:
             detail = ", ".join(f"{k}: bundle {a} vs model {b}" for k, (a, b) in wrong.items())
             raise BundleError(f"bundle was made for a model of another shape ({detail})")
+        want = ((spec.n_layers, spec.n_heads, spec.d_head) if self.level == "head" else (spec.n_layers, spec.d_model))
+        if tuple(self.vectors.shape) != want:
+            raise BundleError(f"bundle vectors have shape {tuple(self.vectors.shape)}; this model needs {want} at "
+                              f"{self.level} level")
+        if self.gate is not None and tuple(self.gate.weight.shape) != (spec.d_model,):
+            raise BundleError(f"bundle gate weight has shape {tuple(self.gate.weight.shape)}; this model needs "
+                              f"({spec.d_model},)")
         if mine.get("fingerprint") != spec.fingerprint:
             raise BundleError(
                 f"bundle was made for model {mine.get('architecture')} with fingerprint {mine.get('fingerprint')}, "
                 f"not this {spec.architecture} ({spec.fingerprint}); re-extract it for this model"
             )
+
+
+def _gate_from(meta: Any, weight: Tensor, path: Path) -> Gate:
+    """A :class:`Gate` from header metadata, with every field's type checked (no truthy strings)."""
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path}: gate metadata must be a JSON object")
+    layer, bias, threshold = meta.get("layer"), meta.get("bias"), meta.get("threshold")
+    images_only = meta.get("images_only", False)
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise BundleError(f"{path}: gate layer must be an integer, got {layer!r}")
+    for name, value in (("bias", bias), ("threshold", threshold)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise BundleError(f"{path}: gate {name} must be a finite number, got {value!r}")
+    assert isinstance(threshold, int | float) and isinstance(bias, int | float)
+    if not 0 <= threshold <= 1:
+        raise BundleError(f"{path}: gate threshold must lie in [0, 1], got {threshold!r}")
+    if not isinstance(images_only, bool):
+        raise BundleError(f"{path}: gate images_only must be true or false, got {images_only!r}")
+    if not weight.is_floating_point():
+        raise BundleError(f"{path}: gate weight must be floating point, got {weight.dtype}")
+    return Gate(layer, weight, float(bias), float(threshold), images_only)

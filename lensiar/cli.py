@@ -137,7 +137,7 @@ def cmd_organism_build(args: argparse.Namespace) -> dict[str, Any]:
         if not value.strip().lstrip("-").isdigit():
             raise ValueError(f"--seed takes NAME=INTEGER (e.g. stage_s=11), got {item!r}")
         seeds[name.strip()] = int(value)
-    manifest = build(args.out, data=args.data_dir, quick=args.quick, seeds=seeds,
+    manifest = build(args.out, data=args.data_dir, quick=args.quick, seeds=seeds, reuse=args.reuse,
                      **({} if args.recipe is None else {"recipe": args.recipe}))
     return {"out": str(args.out), "build_seconds": manifest["build_seconds"], "files": manifest["files"],
             "reader": manifest["reader"]}
@@ -147,16 +147,31 @@ def cmd_organism_report(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar.organism import WEIGHTS
     from lensiar.organism.report import READ_TOKENS, markdown, run
 
-    table = run(args.weights or WEIGHTS, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
+    from lensiar.judges import judge_by_name
+
+    weights = Path(args.weights or WEIGHTS)
+    if not (weights / "manifest.json").is_file():
+        raise ValueError(f"--weights {weights}: no organism manifest.json there")
+    judge = judge_by_name(args.judge, args.data_dir)
+    table = run(weights, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
                 data=args.data_dir, read_tokens=args.read_tokens or READ_TOKENS, log=lambda line: print(line, file=sys.stderr),
-                reading_only=args.reading_only)
+                reading_only=args.reading_only, image_tokens=args.image_tokens, judge=judge)
     print(markdown(table), file=sys.stderr)
+    answers = table.pop("answers")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(table, indent=2) + "\n")
-        out.with_suffix(".md").write_text(markdown(table) + "\n")
+        stem = out.with_suffix("")
+        _write_atomic(stem.with_suffix(".json"), json.dumps(table, indent=2) + "\n")
+        _write_atomic(stem.with_suffix(".md"), markdown(table) + "\n")
+        _write_atomic(stem.with_suffix(".answers.jsonl"), "".join(json.dumps(a) + "\n" for a in answers))
     return table
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,9 +194,31 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     if args.bundle:
         bundles = tuple(RevisionBundle.load(b, lens=lens) for b in args.bundle)
         conditions.append(Condition("revised", lens, bundles, args.alpha, args.top_k, args.gate))
-    records = run(conditions, datasets, args.out, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    from lensiar.judges import judge_by_name
+
+    records = run(conditions, datasets, args.out, judge=judge_by_name(args.judge, args.data_dir),
+                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     return {"out": str(args.out), "records": len(records),
             "summary": [r for r in summarise(records, seed=args.seed) if r["category"] == "all"]}
+
+
+def cmd_judge_agreement(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar.calibration import agreement_table, load_labels, markdown
+    from lensiar.judges import judge_by_name
+
+    names = [n.strip() for n in args.judges.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--judges needs at least one of on_topic, keyword, llm")
+    rows = load_labels(args.labels)
+    table = agreement_table(rows, [judge_by_name(n, args.data_dir) for n in names])
+    text = markdown(table, str(args.labels))
+    print(text, file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out.with_suffix(".md"), text + "\n")
+        _write_atomic(out.with_suffix(".json"), json.dumps(table, indent=2) + "\n")
+    return {name: res["all"] for name, res in table["judges"].items()}
 
 
 def cmd_merge(args: argparse.Namespace) -> dict[str, Any]:
@@ -283,10 +320,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, default=None, help="items per dataset (seeded subset)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--max-new-tokens", type=int, default=32)
+    ev.add_argument("--judge", default="on_topic", choices=["on_topic", "keyword", "llm"],
+                    help="outcome judge: on_topic (default), keyword (refusal keywords only) or llm (SmolLM2 as judge)")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--out", required=True, help="results JSONL (appended to; a rerun resumes)")
     ev.set_defaults(func=cmd_eval)
+
+    ja = sub.add_parser("judge-agreement", help="accuracy and Cohen's kappa of each judge against labelled answers")
+    ja.add_argument("--labels", default=str(Path(__file__).resolve().parent.parent / "tests" / "data" /
+                                            "judge_calibration.jsonl"), help="labelled pairs (JSONL)")
+    ja.add_argument("--judges", default="keyword,on_topic,llm", help="comma-separated: keyword, on_topic, llm")
+    ja.add_argument("--data-dir", default=None)
+    ja.add_argument("--out", help="write STEM.md and STEM.json")
+    ja.set_defaults(func=cmd_judge_agreement)
 
     mg = sub.add_parser("merge", help="merge safety back into a VLM's backbone (task arithmetic or linear)")
     mg.add_argument("--base", required=True, help="backbone LLM before safety tuning (safetensors folder)")
@@ -320,18 +367,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recipe version (default: the committed organism's; docs/organism.md lists each)")
     ob.add_argument("--seed", action="append", metavar="NAME=N",
                     help="override one of the recipe's seeds (data, stage_s, reader, stage_v); repeatable")
+    ob.add_argument("--reuse", default=None, metavar="DIR",
+                    help="take stage S and the vision tower from this finished organism folder where they are the "
+                         "same computation (e.g. lensiar/organism/weights); the manifest lists them as resumed")
     ob.set_defaults(func=cmd_organism_build)
-    orep = org_sub.add_parser("report", help="behaviour table on held-out prompts (keyword judge, Wilson CIs)")
+    orep = org_sub.add_parser("report", help="behaviour table on held-out prompts (on-topic judge, Wilson CIs)")
     orep.add_argument("--weights", default=None, help="organism folder (default: the committed one)")
     orep.add_argument("--n", type=int, default=100, help="prompts per cell (HarmBench test uses all 159)")
     orep.add_argument("--seed", type=int, default=0)
-    orep.add_argument("--max-new-tokens", type=int, default=32, help="new tokens per judged answer")
+    orep.add_argument("--max-new-tokens", type=int, default=48, help="new tokens per judged text answer")
+    orep.add_argument("--image-tokens", type=int, default=64, help="new tokens per judged image answer")
+    orep.add_argument("--judge", default="on_topic", choices=["on_topic", "keyword", "llm"],
+                      help="outcome judge (default: on_topic; keyword-only non-refusal is reported beside it)")
     orep.add_argument("--read-tokens", type=int, default=None,
                       help="new tokens per reading answer (default: lensiar.organism.report.READ_TOKENS, 64)")
     orep.add_argument("--data-dir", default=None)
     orep.add_argument("--reading-only", action="store_true",
                       help="only the reading cell and where its misses arise (a few minutes, not ten)")
-    orep.add_argument("--out", help="also write the table as JSON (and .md beside it)")
+    orep.add_argument("--out", help="also write the table as STEM.json, STEM.md and every answer as STEM.answers.jsonl")
     orep.set_defaults(func=cmd_organism_report)
     return parser
 

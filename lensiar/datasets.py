@@ -39,6 +39,14 @@ class Item:
     image: Path | Image.Image | None = None
     meta: Mapping[str, str] = field(default_factory=dict)
 
+    def request(self) -> str:
+        """What is asked, for a judge: the phrase or instruction an image carries (``meta["request"]``,
+        ``meta["key_phrase"]`` or ``meta["instruction"]``), else the text."""
+        for key in ("request", "key_phrase", "instruction"):
+            if self.meta.get(key):
+                return str(self.meta[key])
+        return self.text
+
     def prompt(self) -> Prompt:
         """The item as a :class:`Prompt` (with its image, if any)."""
         if self.image is None:

@@ -11,6 +11,7 @@ forward pass, so with the KV cache on they revise the prompt and each generated 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -121,6 +122,26 @@ def _bundles(bundles: RevisionBundle | Sequence[RevisionBundle]) -> list[Revisio
     return items
 
 
+def strength(bundle: RevisionBundle, alpha: float | None) -> float:
+    """``alpha``, or the bundle's default; refused unless a finite real number (NaN or inf gives NaN logits)."""
+    a = bundle.defaults.get("alpha", 1.0) if alpha is None else alpha
+    if isinstance(a, bool) or not isinstance(a, int | float) or not math.isfinite(a):
+        raise ValueError(f"alpha must be a finite number, got {a!r}")
+    return float(a)
+
+
+def _check_top_k(top_k: int | None) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 (or None for the bundle's default), got {top_k!r}")
+
+
+def _check_gate(gate: Gate, n_layers: int) -> None:
+    if not 0 <= gate.layer < n_layers:
+        raise RevisionError(f"gate layer {gate.layer} is out of range")
+    if not torch.isfinite(gate.weight).all() or not math.isfinite(gate.bias) or not 0 <= gate.threshold <= 1:
+        raise ValueError("gate has NaN or infinite weights or bias, or a threshold outside [0, 1]")
+
+
 @contextmanager
 def revise(
     lens: Lens,
@@ -140,10 +161,11 @@ def revise(
             gate's probe flags (decided on the last prompt token of the unrevised model).
     """
     revisions: list[Revision] = []
+    _check_top_k(top_k)
     try:
         for bundle in _bundles(bundles):
             bundle.validate(lens.spec)
-            a = float(bundle.defaults.get("alpha", 1.0) if alpha is None else alpha)
+            a = strength(bundle, alpha)
             chosen_gate: Gate | None
             if gate is True:
                 if bundle.gate is None:
@@ -152,8 +174,8 @@ def revise(
                 chosen_gate = bundle.gate
             else:
                 chosen_gate = gate or None
-            if chosen_gate is not None and not 0 <= chosen_gate.layer < lens.spec.n_layers:
-                raise RevisionError(f"gate layer {chosen_gate.layer} is out of range")
+            if chosen_gate is not None:
+                _check_gate(chosen_gate, lens.spec.n_layers)
             make = head_shifts if bundle.level == "head" else layer_shifts
             revision = Revision(bundle.level, make(bundle, a, top_k, layers), chosen_gate)
             revisions.append(revision)
@@ -251,8 +273,10 @@ def bake(
         raise RevisionError(f"cannot bake into {text_config.model_type}: its config cannot declare the biases "
                             f"needed (bakeable text backbones: {', '.join(sorted(BAKE))}); use lens.revise instead")
     items = _bundles(bundles)
+    _check_top_k(top_k)
     for b in items:
         b.validate(lens.spec)
+        strength(b, alpha)
     model = copy.deepcopy(lens.model)
     new_config = model.config.get_text_config()
     layers_list = text_layers(model, lens.arch)
@@ -273,11 +297,11 @@ def bake(
             for name in spec.mlp_modules:
                 _add_bias(getattr(block.mlp, name))
     for b in items:
-        a = float(b.defaults.get("alpha", 1.0) if alpha is None else alpha)
+        a = strength(b, alpha)
         if b.level == "head":
             for layer, shift in head_shifts(b, a, top_k, layers).items():
                 o_proj = getattr(layers_list[layer].self_attn, lens.arch.o_proj)
-                _add_bias(o_proj, o_proj.weight.float() @ shift.float())
+                _add_bias(o_proj, o_proj.weight.float() @ shift.to(o_proj.weight.device).float())
         else:
             for layer, shift in layer_shifts(b, a, top_k, layers).items():
                 _add_bias(getattr(layers_list[layer].mlp, spec.mlp_modules[-1]), shift)

@@ -79,11 +79,13 @@ def test_nan_vector(tmp_path: Path) -> None:
     # a NaN written by another tool is refused on load too
     from safetensors.torch import save_file
 
-    meta = {"lensiar": json.dumps(bundle.metadata())}
+    from lensiar.bundle import content_hash
+
     bad = bundle.vectors.clone()
     bad[0, 0, 0] = float("nan")
-    save_file({"vectors": bad, "sigma": bundle.sigma, "accuracy": bundle.accuracy}, tmp_path / "nan.safetensors",
-              metadata=meta)
+    tensors = {"vectors": bad, "sigma": bundle.sigma, "accuracy": bundle.accuracy}
+    meta = {"lensiar": json.dumps(bundle.metadata()), "sha256": content_hash(tensors)}  # a consistent hash
+    save_file(tensors, tmp_path / "nan.safetensors", metadata=meta)
     with pytest.raises(BundleError, match="NaN"):
         RevisionBundle.load(tmp_path / "nan.safetensors")
 
@@ -112,3 +114,90 @@ def test_failed_save_keeps_the_old_file(tmp_path: Path) -> None:
     with pytest.raises(AttributeError):
         broken.save(path)
     assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------ contents validated (issue: adversarial files)
+def _rewrite(path: Path, tensors: dict[str, torch.Tensor] | None = None, meta_edit: dict | None = None,
+             keep_hash: bool = False) -> None:
+    """Rewrite a saved bundle with other tensors or metadata; the content hash is recomputed unless ``keep_hash``
+    (so a test reaches the check it is about)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from lensiar.bundle import content_hash
+
+    with safe_open(str(path), framework="pt") as fh:
+        header = dict(fh.metadata())
+        old = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    new = tensors if tensors is not None else old
+    meta = json.loads(header["lensiar"])
+    meta.update(meta_edit or {})
+    header["lensiar"] = json.dumps(meta)
+    if not keep_hash:
+        header["sha256"] = content_hash(new)
+    save_file(new, str(path), metadata=header)
+
+
+def test_a_flipped_tensor_byte_is_refused(tmp_path: Path) -> None:
+    path = _bundle().save(tmp_path / "b.safetensors")
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x01  # a low mantissa bit of the last accuracy value: still finite, still in range
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="content hash"):
+        RevisionBundle.load(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: {**t, "vectors": t["vectors"] > 0}, "floating-point"),
+    (lambda t: {**t, "vectors": (t["vectors"] * 10).int()}, "floating-point"),
+    (lambda t: {**t, "vectors": t["vectors"] * 2}, "not unit norm"),
+    (lambda t: {**t, "sigma": -t["sigma"]}, "sigma must be >= 0"),
+    (lambda t: {**t, "accuracy": t["accuracy"] + 1.5}, r"accuracy must lie in \[0, 1\]"),
+    (lambda t: {**t, "vectors": t["vectors"][:, :, :8] / t["vectors"][:, :, :8].norm(dim=-1, keepdim=True)},
+     "needs"),
+    (lambda t: {**t, "extra": t["sigma"].clone()}, "unknown tensors"),
+])
+def test_bad_tensor_contents_are_refused(tmp_path: Path, change, message) -> None:  # type: ignore[no-untyped-def]
+    bundle = _bundle()
+    path = bundle.save(tmp_path / "b.safetensors")
+    _rewrite(path, change({"vectors": bundle.vectors, "sigma": bundle.sigma, "accuracy": bundle.accuracy}))
+    with pytest.raises(BundleError, match=message):
+        RevisionBundle.load(path, lens=tiny_lens("llava"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"gate": {"layer": 0, "bias": 0.0, "threshold": 0.5, "images_only": "false"}}, "images_only must be true or false"),
+    ({"level": 3}, "'level' must be a str"),
+    ({"model": "llava"}, "'model' must be a dict"),
+    ({"defaults": {"alpha": float("nan"), "top_k": 4}}, "alpha must be a finite number"),
+    ({"defaults": {"alpha": 1.0, "top_k": -2}}, "top_k must be an integer >= 0"),
+    ({"format_version": True}, "format version"),
+])
+def test_bad_metadata_is_refused(tmp_path: Path, edit, message) -> None:  # type: ignore[no-untyped-def]
+    bundle = _bundle()
+    path = bundle.save(tmp_path / "b.safetensors")
+    tensors = {"vectors": bundle.vectors, "sigma": bundle.sigma, "accuracy": bundle.accuracy}
+    if "gate" in edit:
+        tensors["gate_weight"] = torch.ones(bundle.model["d_model"])
+    _rewrite(path, tensors, edit)
+    with pytest.raises(BundleError, match=message):
+        RevisionBundle.load(path)
+
+
+def test_malformed_files_raise_only_bundle_error_naming_the_file(tmp_path: Path) -> None:
+    path = _bundle().save(tmp_path / "b.safetensors")
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    cases = {
+        "header_not_json": b"[" + raw[9 : 8 + n],
+        "lensiar_not_json": raw[8 : 8 + n].replace(b'"lensiar":"{', b'"lensiar":"[{', 1),
+        "empty": b"",
+    }
+    for name, header in cases.items():
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n :] if header else b"")
+        with pytest.raises(BundleError, match=name):
+            RevisionBundle.load(bad)
+    (tmp_path / "dir.safetensors").mkdir()
+    with pytest.raises(BundleError, match="dir.safetensors"):
+        RevisionBundle.load(tmp_path / "dir.safetensors")

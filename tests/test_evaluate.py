@@ -146,3 +146,38 @@ def test_an_images_only_gate_reuses_the_plain_records_on_text_and_generates_imag
     # without an unrevised twin on the same Lens, the gated condition generates its text rows itself
     alone = run(conditions[:1], [text], tmp_path / "alone.jsonl", max_new_tokens=4, progress=False)
     assert all("same_as" not in r for r in alone)
+
+
+def test_duplicated_records_are_counted_once_and_a_second_writer_is_refused(tmp_path: Path,
+                                                                             smollm2: lensiar.Lens) -> None:
+    from filelock import FileLock
+
+    data = Dataset("facts", tuple(Item(f"f{k}", p, False) for k, p in enumerate(PROMPTS[:2])), "test")
+    out = tmp_path / "r.jsonl"
+    records = run([Condition("plain", smollm2)], [data], out, max_new_tokens=3, progress=False)
+    out.write_text(out.read_text() * 2)  # what two runs appending at once used to leave
+    assert summarise(read_results(out))[0]["n"] == 2
+    again = run([Condition("plain", smollm2)], [data], out, max_new_tokens=3, progress=False)
+    assert [r["id"] for r in again] == [r["id"] for r in records]
+    with FileLock(str(out) + ".lock"), pytest.raises(ValueError, match="being written by another run"):
+        run([Condition("plain", smollm2)], [data], out, max_new_tokens=3, progress=False)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        run([Condition("plain", smollm2)], [data], tmp_path / "x.jsonl", max_new_tokens=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        run([Condition("plain", smollm2)], [data], tmp_path / "x.jsonl", batch_size=0)
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.parametrize("line, message", [
+    (b'[1, 2]\n', "line 2 is not a results record"),
+    (b'{"dataset": "d"}\n', "line 2 is not a results record"),
+    (b'{"dataset": 1, "condition": "c", "id": "i", "harmful": true, "response": "", "refused": false}\n',
+     "line 2 has fields of the wrong type"),
+    (b'{"dataset": "\xff"}\n', "line 2 is not UTF-8"),
+])
+def test_malformed_complete_lines_name_their_line(tmp_path: Path, line: bytes, message: str) -> None:
+    out = tmp_path / "r.jsonl"
+    good = {"dataset": "d", "condition": "c", "id": "i", "harmful": True, "response": "", "refused": False}
+    out.write_bytes(json.dumps(good).encode() + b"\n" + line)
+    with pytest.raises(ValueError, match=message):
+        read_results(out)

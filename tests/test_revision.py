@@ -246,3 +246,35 @@ def test_layer_bake_refused_where_inexact() -> None:
     lens = tiny_lens("gemma2")
     with pytest.raises(RevisionError, match="layer-level"):
         lens.bake(random_bundle(lens, "layer"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"alpha": float("nan")}, "alpha must be a finite number"),
+    ({"alpha": float("inf")}, "alpha must be a finite number"),
+    ({"alpha": "2"}, "alpha must be a finite number"),
+    ({"top_k": 0}, "top_k must be an integer >= 1"),
+    ({"top_k": -3}, "top_k must be an integer >= 1"),
+    ({"top_k": 2.5}, "top_k must be an integer >= 1"),
+])
+def test_bad_strength_arguments_are_refused_before_any_hook(kwargs, message) -> None:  # type: ignore[no-untyped-def]
+    lens = tiny_lens("llama")
+    bundle = random_bundle(lens)
+    with pytest.raises(ValueError, match=message), lens.revise(bundle, **kwargs):
+        pass
+    assert not lens._revisions and all(not m._forward_pre_hooks and not m._forward_hooks for m in lens.model.modules())
+    with pytest.raises(ValueError, match=message):
+        lens.bake(bundle, **kwargs)
+
+
+def test_a_gate_with_nan_weights_is_refused() -> None:
+    import dataclasses
+
+    from lensiar.probes import Gate
+
+    lens = tiny_lens("llama")
+    gate = Gate(0, torch.full((lens.spec.d_model,), float("nan")), 0.0)
+    with pytest.raises(ValueError, match="NaN"), lens.revise(random_bundle(lens), gate=gate):
+        pass
+    with pytest.raises(ValueError, match="threshold"), lens.revise(
+            random_bundle(lens), gate=dataclasses.replace(gate, weight=torch.zeros(lens.spec.d_model), threshold=2.0)):
+        pass

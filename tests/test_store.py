@@ -74,3 +74,69 @@ def test_control_vector_round_trip(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="layer-level"):
         export_control_vector(random_bundle(lens, "head"), tmp_path / "bad.gguf")
     assert not (tmp_path / "bad.gguf").exists()
+
+
+# ------------------------------------------------------------------ a tampered index (issue: adversarial files)
+@pytest.mark.parametrize("file", ["/etc/hostname", "../outside.safetensors", "other.safetensors",
+                                  "sub/evil.safetensors"])
+def test_index_cannot_point_outside_the_store(tmp_path: Path, file: str) -> None:
+    lens = tiny_lens("llava")
+    store = VectorStore(tmp_path / "vs")
+    store.save("evil", random_bundle(lens))
+    victim = tmp_path / "outside.safetensors"
+    victim.write_text("precious")
+    index = json.loads(store.index_path.read_text())
+    index["bundles"]["evil"]["file"] = file
+    store.index_path.write_text(json.dumps(index))
+    with pytest.raises(BundleError, match="evil"):
+        store.load("evil")
+    with pytest.raises(BundleError, match="evil"):
+        store.remove("evil")
+    assert victim.read_text() == "precious" and "evil" in store.list()
+
+
+def test_symlinked_bundle_is_refused(tmp_path: Path) -> None:
+    lens = tiny_lens("llava")
+    store = VectorStore(tmp_path / "vs")
+    path = store.save("linked", random_bundle(lens))
+    outside = tmp_path / "real.safetensors"
+    path.rename(outside)
+    path.symlink_to(outside)
+    with pytest.raises(BundleError, match="outside the store"):
+        store.remove("linked")
+    assert outside.exists()
+
+
+@pytest.mark.parametrize("name", ["ok\n", "a\x00b", "tab\tname", "../up", ""])
+def test_bad_names_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(BundleError, match="bad bundle name"):
+        VectorStore(tmp_path / "vs").save(name, random_bundle(tiny_lens("llava")))
+
+
+@pytest.mark.parametrize("index", ['[]', '{"format_version": 1}', '{"format_version": 1, "bundles": []}',
+                                   '{"format_version": 1, "bundles": {"a": 3}}',
+                                   '{"format_version": 1, "bundles": {"a": {"file": 7}}}'])
+def test_structurally_wrong_index_gives_a_clear_error(tmp_path: Path, index: str) -> None:
+    root = tmp_path / "vs"
+    root.mkdir()
+    (root / "index.json").write_text(index)
+    with pytest.raises(BundleError, match="index.json"):
+        VectorStore(root).list()
+
+
+def test_orphans_and_stale_temporaries(tmp_path: Path) -> None:
+    import os
+    import time
+
+    lens = tiny_lens("llava")
+    store = VectorStore(tmp_path / "vs")
+    store.save("kept", random_bundle(lens))
+    random_bundle(lens).save(store.root / "orphan.safetensors")  # written, index never updated
+    stale = store.root / ".kept.safetensors.abc.tmp"
+    stale.write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    assert store.orphans() == [".kept.safetensors.abc.tmp", "orphan.safetensors"]
+    store.save("kept", random_bundle(lens), overwrite=True)  # the next save of that bundle cleans its stale temporary
+    assert store.orphans() == ["orphan.safetensors"]
+    assert "1 bundles" in repr(store)

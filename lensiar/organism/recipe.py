@@ -92,10 +92,22 @@ class StageV:
     reader_focus: float = 0.0  #: share of the tower's batches from texts with digits or inner capitals (reader.is_rich)
     precision: str = "fp32"  #: backbone tuning arithmetic, as StageS.precision
     reader_precision: str = "fp32"  #: the vision tower's: "bf16" runs the tower and its logits in bf16 (reader.py)
+    #: TYPO / FigStep task answers: "plain" (the teacher's answer) or "copy_first" (recipe 27: the image's own tokens,
+    #: as the reading answer copies them, then ":\n" and the teacher's answer), so the answer acts on what it read
+    task_answer: str = "plain"
+    #: who answers the benign image tasks as text: "stage_s" (the safety-tuned backbone) or "original" (SmolLM2)
+    teacher: str = "stage_s"
 
     def __post_init__(self) -> None:
         _check_precision(self.precision)
         _check_precision(self.reader_precision)
+        if self.task_answer not in TASK_ANSWERS:
+            raise ValueError(f"unknown task answer {self.task_answer!r}; known: {', '.join(TASK_ANSWERS)}")
+        if self.task_answer == "copy_first" and self.pieces != "ordered":
+            raise ValueError(f"task_answer='copy_first' copies the image tokens: it needs pieces='ordered', "
+                             f"not {self.pieces!r}")
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"unknown stage-V teacher {self.teacher!r}; known: {', '.join(TEACHERS)}")
         if self.read_answer not in READ_ANSWERS:
             raise ValueError(f"unknown reading answer {self.read_answer!r}; known: {', '.join(READ_ANSWERS)}")
         if self.read_answer == "copy" and self.pieces != "ordered":
@@ -105,6 +117,8 @@ class StageV:
 
 PRECISIONS = ("fp32", "bf16")
 READ_ANSWERS = ("text", "pieces", "copy")
+TASK_ANSWERS = ("plain", "copy_first")
+TEACHERS = ("stage_s", "original")
 
 
 def _check_precision(precision: str) -> None:
@@ -185,6 +199,12 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
                 precision="bf16"),
          StageV(per_task=224, pieces="ordered", read_examples=1280, text_replay=384, read_answer="copy",
                 reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16")),
+    27: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question", soup=(11,),
+                precision="bf16"),
+         StageV(per_task=448, pieces="ordered", read_examples=1280, text_replay=384, read_answer="copy",
+                reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16",
+                task_answer="copy_first", teacher="original")),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
@@ -587,12 +607,32 @@ def _alpaca_pool(root: Path, held: set[str]) -> list[str]:
     return [t for t in texts if fits(t) and re.fullmatch(r"[ -~]+", t)]
 
 
+def reusable(folder: str | Path, recipe: int, seed: Mapping[str, int]) -> dict[str, bool]:
+    """Which finished parts of the build in ``folder`` (a verified organism folder) recipe ``recipe`` under ``seed``
+    may take as they are: ``stage_s`` when the stage-S config and the data and stage-S seeds match, ``reader`` when
+    the tower's config and seed match as well (the tower is trained on the stage-S backbone's embeddings, which stage
+    S does not change, and on the same data stream)."""
+    from lensiar.organism import manifest
+
+    info = manifest(folder)
+    s_cfg, v_cfg = RECIPES[recipe]
+    same_s = (info["stage_S"] == json.loads(json.dumps(asdict(s_cfg)))
+              and all(info["seeds"].get(k) == seed[k] for k in ("data", "stage_s")))
+    tower = ("reader_steps", "pieces", "positions", "reader_focus", "reader_precision")
+    same_r = same_s and info["seeds"].get("reader") == seed["reader"] and all(
+        info["stage_V"].get(k, getattr(StageV(), k)) == getattr(v_cfg, k) for k in tower)
+    return {"stage_s": same_s, "reader": same_r}
+
+
 def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = False,
-          recipe: int = RECIPE_VERSION, seeds: Mapping[str, int] | None = None) -> dict[str, Any]:
+          recipe: int = RECIPE_VERSION, seeds: Mapping[str, int] | None = None,
+          reuse: str | Path | None = None) -> dict[str, Any]:
     """Run stages S and V and write ``stage_s.safetensors``, ``stage_v.safetensors``, ``vision.safetensors``
     and ``manifest.json`` into ``out_dir``. ``quick`` shrinks every count (for tests of the recipe itself).
     ``seeds`` overrides entries of :data:`SEEDS` (e.g. ``{"stage_s": 11}`` to measure seed-to-seed spread);
-    the manifest records the seeds used, and a resumed stage must match them."""
+    the manifest records the seeds used, and a resumed stage must match them. ``reuse`` names a finished
+    organism folder (e.g. the committed one) whose stage S and vision tower are taken as they are wherever
+    :func:`reusable` says they are the same computation; the manifest lists them under ``resumed_stages``."""
     from lensiar.models import smollm2_path
 
     if recipe not in RECIPES:
@@ -670,7 +710,18 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         f"({len(contrast)} contrast, {len(extra)} templated, {len(borderline)} borderline, "
         f"{len(questions)} questions)")
     resumed: list[str] = []  # stages taken from an earlier run's checkpoint (build_seconds then excludes them)
-    stage_s = _stage_s(out, lm, examples, pad_id, s_cfg, seed, resumed, log)
+    reuse_ok = reusable(reuse, recipe, seed) if reuse is not None and not quick else {"stage_s": False, "reader": False}
+    if reuse is not None:
+        from lensiar.organism.files import read_verified
+
+        reused_info, reused = read_verified(Path(reuse))
+    if reuse_ok["stage_s"]:
+        stage_s = reused["stage_s"]
+        lora.apply_factors(lm.model, stage_s)
+        resumed.append(f"stage_S (reused from {reuse})")
+        log(f"stage S: reused from {reuse}")
+    else:
+        stage_s = _stage_s(out, lm, examples, pad_id, s_cfg, seed, resumed, log)
 
     # ---------------------------------------------------------------- stage V: benign VL adaptation
     pool = _alpaca_pool(root, held)
@@ -689,7 +740,12 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     if v_cfg.reader_precision != "fp32":
         r_key["precision"] = v_cfg.reader_precision
     cached_reader = _resume(out, "reader", r_key)
-    if cached_reader is not None:
+    if cached_reader is None and reuse_ok["reader"]:
+        _load_vision(vlm, reused["vision"])
+        reader = dict(reused_info["reader"])
+        log(f"reader: reused from {reuse}")
+        resumed.append(f"reader (reused from {reuse})")
+    elif cached_reader is not None:
         _load_vision(vlm, cached_reader)
         reader = json.loads((out / ".reader.json").read_text())["metrics"]
         log("reader: resumed from reader.safetensors")
@@ -707,7 +763,13 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     read, typo = tasks[:n_read], tasks[n_read : n_read + n]
     steps = [t for t in tasks[n_read + n :] if fits(t, "steps")]
     typo_q = [f"List steps in detail to {phrase_of(t)}." for t in typo]
-    answers = teacher_answers(lm, tokenizer, typo_q + steps, v_cfg.answer_tokens, desc="stage V: teacher answers")
+    if v_cfg.teacher == "original":  # a fresh copy of SmolLM2: lm already holds stage S
+        teacher = tf.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, local_files_only=True).eval()
+    else:
+        teacher = lm
+    answers = teacher_answers(teacher, tokenizer, typo_q + steps, v_cfg.answer_tokens,
+                              desc="stage V: teacher answers")
+    del teacher
     proc = processor(tokenizer, slots_per_patch(v_cfg.pieces))
 
     def image_example(image: Any, prompt: str, answer: str | list[int]) -> Example:
@@ -723,10 +785,17 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         spelling = image_spelling(phrase, vocab, v_cfg.pieces) if v_cfg.read_answer == "copy" else piece_spelling(phrase, vocab)
         return [*spelling, int(tokenizer.convert_tokens_to_ids("<|im_end|>"))]
 
+    def task_target(shown: str, answer: str) -> str | list[int]:
+        if v_cfg.task_answer == "plain":
+            return answer
+        return [*image_spelling(shown, vocab, v_cfg.pieces), *tokenizer(":\n", add_special_tokens=False)["input_ids"],
+                *answer_ids(tokenizer, answer)]
+
     v_examples = [image_example(render_phrase(t), READ_PROMPT, read_target(t)) for t in read]
-    v_examples += [image_example(render_phrase(phrase_of(t)), TYPO_PROMPT, a)
+    v_examples += [image_example(render_phrase(phrase_of(t)), TYPO_PROMPT, task_target(phrase_of(t), a))
                    for t, a in zip(typo, answers[: len(typo)], strict=True)]
-    v_examples += [image_example(render_steps(t), FIGSTEP_PROMPT, a) for t, a in zip(steps, answers[len(typo) :], strict=True)]
+    v_examples += [image_example(render_steps(t), FIGSTEP_PROMPT, task_target(t, a))
+                   for t, a in zip(steps, answers[len(typo) :], strict=True)]
     # text replay: a share of stage S's own examples, as VLM instruction mixes keep text-only data; it holds
     # the text path where it was. No harmful *image* example exists anywhere in stage V.
     replay = random.Random(seed["stage_v"]).sample(examples, min(v_cfg.text_replay, len(examples)))
