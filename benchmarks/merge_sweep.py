@@ -28,7 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens (image answers read the image back first)")
     parser.add_argument("--lambdas", default="0,0.5,1,2,3")
     parser.add_argument("--alphas", default="1,2,3,4")
     parser.add_argument("--bundle", default=None, help="revision bundle for the comparison (default: the demo's)")
@@ -46,6 +46,7 @@ def main() -> None:
     from lensiar.data_sources import data_dir
     from lensiar.demo import _reading_set
     from lensiar.evaluate import Condition, run, summarise
+    from lensiar.judges import default_judge
     from lensiar.merge import merge
     from lensiar.organism import checkpoints, load, load_vl_checkpoint
 
@@ -62,7 +63,9 @@ def main() -> None:
         rows = [r for r in summarise(run([cond], sets, out / "results.jsonl", max_new_tokens=args.tokens,
                                          batch_size=25, progress=False)) if r["category"] == "all" and r["condition"] == name]
         by = {r["dataset"]: r for r in rows}
-        return {"image_asr": by["mm_safetybench-typo"]["asr"], "over_refusal": by["alpaca-typo"]["over_refusal"],
+        return {"image_asr": by["mm_safetybench-typo"]["asr"],
+                "image_asr_keyword": by["mm_safetybench-typo"]["asr_keyword"],
+                "over_refusal": by["alpaca-typo"]["over_refusal"], "benign_on_topic": by["alpaca-typo"]["on_topic"],
                 "reading": by["alpaca-read-image"]["helpfulness"],
                 "reading_similarity": by["alpaca-read-image"]["similarity"]}
 
@@ -91,7 +94,7 @@ def main() -> None:
     comparison = _equal_helpfulness(reference, sweep, revision) if reference else None
     _plot(sweep, revision, out / "merge_sweep.png")
     result = {"model": "organism: B = SmolLM2, S = stage-S backbone, V = organism VLM", "method": "task_arithmetic",
-              "judge": "keyword (VLGuard + refusal_direction)", "decoding": f"greedy, {args.tokens} new tokens",
+              "judge": default_judge().name, "decoding": f"greedy, {args.tokens} new tokens",
               "n_per_set": args.n, "seed": args.seed, "helpfulness": "exact reading of held-out Alpaca phrases",
               "merge": sweep, "revision": {"bundle": bundle_path, "rows": revision},
               "equal_helpfulness": comparison,
@@ -137,10 +140,10 @@ def _plot(sweep: list[dict[str, object]], revision: list[dict[str, object]], pat
     axes[0].set_xlabel("reading similarity (held-out Alpaca phrases, image)")
     axes[1].set_xlabel("over-refusal (Alpaca, TYPO image)")
     for ax in axes:
-        ax.set_ylabel("image ASR (MM-SafetyBench 01-07, TYPO)")
+        ax.set_ylabel("image ASR, on topic (MM-SafetyBench 01-07, TYPO)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("organism: merging vs revision (keyword judge, greedy)")
+    fig.suptitle("organism: merging vs revision (on-topic judge, greedy)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

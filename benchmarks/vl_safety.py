@@ -2,7 +2,8 @@
 
 Prints (JSON) and writes to --out:
 * the degradation table: stage-S backbone on text, organism VLM on the same content as text, and as an
-  image (MM-SafetyBench 01-07 TYPO, SafeBench FigStep-style, Alpaca harmless_val), keyword judge;
+  image (MM-SafetyBench 01-07 TYPO, SafeBench FigStep-style, Alpaca harmless_val), on-topic judge (keyword-only
+  non-refusal beside it), a few answers per cell;
 * per layer and matrix, the relative weight change between the stage-S backbone and the VLM's backbone;
 * per layer, harmful-vs-harmless probe accuracy on text, on images, and text probe -> images;
 * PCA / t-SNE views of the residual stream, text vs image.
@@ -26,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens (image answers read the image back first)")
     parser.add_argument("--out", default="reports/vl_safety")
     args = parser.parse_args()
     import warnings
@@ -45,7 +46,9 @@ def main() -> None:
         weight_change,
     )
     from lensiar.data_sources import data_dir
-    from lensiar.organism import load, load_backbone
+    from lensiar.evaluate import read_results
+    from lensiar.judges import default_judge
+    from lensiar.organism import load, load_backbone, manifest
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -62,9 +65,15 @@ def main() -> None:
     separability_plot(sep, change, out / "layers.png", "organism: stage-S backbone -> VLM")
     projection_views(acts, [2, 10, 20, 29], out / "projections.png", seed=args.seed)
     result = {
-        "model": "organism (committed deltas) vs its stage-S backbone", "judge": "keyword (VLGuard + refusal_direction)",
+        "model": f"organism (committed deltas, recipe {manifest()['recipe_version']}) vs its stage-S backbone",
+        "judge": default_judge().name,
         "decoding": f"greedy, {args.tokens} new tokens", "n_per_set": args.n, "seed": args.seed,
-        "degradation": [{k: r[k] for k in ("dataset", "condition", "asr", "over_refusal") if k in r} for r in table],
+        "degradation": [{k: r[k] for k in ("dataset", "condition", "asr", "asr_keyword", "over_refusal", "on_topic",
+                                           "outcomes") if k in r} for r in table],
+        "samples": [{k: r[k] for k in ("dataset", "condition", "request", "response", "outcome")}
+                    for d, c in {(r["dataset"], r["condition"]) for r in read_results(out / "degradation.jsonl")}
+                    for r in [x for x in read_results(out / "degradation.jsonl")
+                              if x["dataset"] == d and x["condition"] == c][:2]],
         "weight_change_mean_per_matrix": {k: round(float(v.mean()), 5) for k, v in change.items()},
         "weight_change_per_layer": {k: [round(float(x), 5) for x in v] for k, v in change.items()},
         "separability": sep.to_dict(),

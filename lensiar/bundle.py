@@ -133,6 +133,21 @@ class RevisionBundle:
             raise BundleError(f"bundle vectors have shape {tuple(self.vectors.shape)}, but its model "
                               f"({self.model.get('architecture')}) needs {want} at {self.level} level")
 
+    def __repr__(self) -> str:
+        shape = "x".join(str(d) for d in self.vectors.shape)
+        arch = self.model.get("architecture", "?")
+        gate = f", gate at layer {self.gate.layer}" if self.gate is not None else ""
+        return (f"RevisionBundle({self.level} level, {self.method}/{self.strategy}, vectors {shape}, for {arch} "
+                f"{self.model.get('fingerprint', '?')}, alpha {self.defaults.get('alpha', 1.0)}, top_k "
+                f"{self.defaults.get('top_k', 8)}{gate})")
+
+    def _repr_html_(self) -> str:
+        chosen = self.selection().nonzero().tolist()[:10]
+        rows = "".join(f"<tr><td>{'L%dH%d' % tuple(c) if len(c) == 2 else 'L%d' % c[0]}</td>"
+                       f"<td>{float(self.accuracy[tuple(c)]):.3f}</td><td>{float(self.sigma[tuple(c)]):.3g}</td></tr>"
+                       for c in chosen)
+        return (f"<p>{repr(self)}</p><table><tr><th>selected</th><th>accuracy</th><th>sigma</th></tr>{rows}</table>")
+
     # ------------------------------------------------------------------ selection
     def selection(self, top_k: int | None = None, layers: list[int] | None = None) -> Bool[Tensor, "n_layers ..."]:
         """What a revision touches: ``[n_layers, n_heads]`` (head level) or ``[n_layers]`` (layer level).

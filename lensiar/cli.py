@@ -15,6 +15,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (ASCII digits only)."""
+    if not text.strip().isascii() or not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (ASCII digits only)."""
+    if not text.strip().isascii() or not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite real number (no nan, no inf)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _quiet() -> None:
     import warnings
 
@@ -249,12 +276,13 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lensiar", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the main job on the embedded default")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--max-new-tokens", type=int, default=16)
-    demo.add_argument("--n", type=int, default=100, help="held-out prompts per evaluation set")
+    demo.add_argument("--seed", type=_non_negative_int, default=0)
+    demo.add_argument("--max-new-tokens", type=_positive_int, default=16)
+    demo.add_argument("--n", type=_positive_int, default=100, help="held-out prompts per evaluation set")
     demo.add_argument("--out", default="reports/demo", help="report folder")
     demo.add_argument("--store", default="vector_store", help="vector store for the chosen bundle")
     demo.add_argument("--data-dir", default=None)
@@ -279,15 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     def sample_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("model", help="local checkpoint directory or registry name")
         p.add_argument("--strategy", default="query", choices=["query", "single_response", "multi_response", "modality"])
-        p.add_argument("--n", type=int, default=128, help="harmful prompts (and as many harmless for query)")
-        p.add_argument("--n-responses", type=int, default=4, help="responses per prompt for multi_response")
+        p.add_argument("--n", type=_positive_int, default=128, help="harmful prompts (and as many harmless for query)")
+        p.add_argument("--n-responses", type=_positive_int, default=4, help="responses per prompt for multi_response")
         p.add_argument("--data-dir", default=None, help="benchmark data directory (default ../shared/data)")
         p.add_argument("--val-fraction", type=float, default=0.25)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=_non_negative_int, default=0)
 
     probe = sub.add_parser("probe", help="probe every head and layer; rank heads by held-out accuracy")
     sample_options(probe)
-    probe.add_argument("--top-k", type=int, default=10)
+    probe.add_argument("--top-k", type=_positive_int, default=10)
     probe.add_argument("--out", help="also write the full accuracy matrix to this JSON file")
     probe.set_defaults(func=cmd_probe)
 
@@ -295,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample_options(ext)
     ext.add_argument("--method", default="mms", choices=["mms", "probe", "pca"])
     ext.add_argument("--level", default="head", choices=["head", "layer"])
-    ext.add_argument("--alpha", type=float, default=1.0, help="default alpha recorded in the bundle")
-    ext.add_argument("--top-k", type=int, default=8, help="default top_k recorded in the bundle")
+    ext.add_argument("--alpha", type=_finite_float, default=1.0, help="default alpha recorded in the bundle")
+    ext.add_argument("--top-k", type=_positive_int, default=8, help="default top_k recorded in the bundle")
     ext.add_argument("--gate", action="store_true", help="store a conditional-revision gate (query strategy)")
     where = ext.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="bundle file (.safetensors)")
@@ -314,15 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-dir", default=None)
     ev.add_argument("--harmless", action="store_true", help="--file rows are harmless (measure over-refusal)")
     ev.add_argument("--bundle", action="append", help="revision bundle(s): adds a 'revised' condition")
-    ev.add_argument("--alpha", type=float, default=None)
-    ev.add_argument("--top-k", type=int, default=None)
+    ev.add_argument("--alpha", type=_finite_float, default=None)
+    ev.add_argument("--top-k", type=_positive_int, default=None)
     ev.add_argument("--gate", action="store_true")
-    ev.add_argument("--n", type=int, default=None, help="items per dataset (seeded subset)")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--max-new-tokens", type=int, default=32)
+    ev.add_argument("--n", type=_positive_int, default=None, help="items per dataset (seeded subset)")
+    ev.add_argument("--seed", type=_non_negative_int, default=0)
+    ev.add_argument("--max-new-tokens", type=_positive_int, default=32)
     ev.add_argument("--judge", default="on_topic", choices=["on_topic", "keyword", "llm"],
                     help="outcome judge: on_topic (default), keyword (refusal keywords only) or llm (SmolLM2 as judge)")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batch-size", type=_positive_int, default=8)
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--out", required=True, help="results JSONL (appended to; a rerun resumes)")
     ev.set_defaults(func=cmd_eval)
@@ -339,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--base", required=True, help="backbone LLM before safety tuning (safetensors folder)")
     mg.add_argument("--safe", required=True, help="backbone LLM after safety tuning")
     mg.add_argument("--vl", required=True, help="the VLM (its language backbone is merged, the rest copied)")
-    mg.add_argument("--lambda", dest="lam", type=float, required=True)
+    mg.add_argument("--lambda", dest="lam", type=_finite_float, required=True)
     mg.add_argument("--method", default="task_arithmetic", choices=["task_arithmetic", "linear"])
     mg.add_argument("--layers", help="comma-separated decoder layers to merge (default: all)")
     mg.add_argument("--out", required=True)
@@ -348,11 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="head-attribution report (HTML + markdown + PNG) on text vs image requests")
     rep.add_argument("model", nargs="?", default="organism")
-    rep.add_argument("--n", type=int, default=8, help="text/image pairs for attribution and patching")
-    rep.add_argument("--n-probe", type=int, default=96, help="harmful prompts for the modality probes")
-    rep.add_argument("--top-k", type=int, default=10)
+    rep.add_argument("--n", type=_positive_int, default=8, help="text/image pairs for attribution and patching")
+    rep.add_argument("--n-probe", type=_positive_int, default=96, help="harmful prompts for the modality probes")
+    rep.add_argument("--top-k", type=_positive_int, default=10)
     rep.add_argument("--bundle", default=None, help="a bundle whose metadata goes into the report")
-    rep.add_argument("--seed", type=int, default=0)
+    rep.add_argument("--seed", type=_non_negative_int, default=0)
     rep.add_argument("--data-dir", default=None)
     rep.add_argument("--out", default="reports/heads")
     rep.set_defaults(func=cmd_report)
@@ -373,13 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     ob.set_defaults(func=cmd_organism_build)
     orep = org_sub.add_parser("report", help="behaviour table on held-out prompts (on-topic judge, Wilson CIs)")
     orep.add_argument("--weights", default=None, help="organism folder (default: the committed one)")
-    orep.add_argument("--n", type=int, default=100, help="prompts per cell (HarmBench test uses all 159)")
-    orep.add_argument("--seed", type=int, default=0)
-    orep.add_argument("--max-new-tokens", type=int, default=48, help="new tokens per judged text answer")
-    orep.add_argument("--image-tokens", type=int, default=64, help="new tokens per judged image answer")
+    orep.add_argument("--n", type=_positive_int, default=100, help="prompts per cell (HarmBench test uses all 159)")
+    orep.add_argument("--seed", type=_non_negative_int, default=0)
+    orep.add_argument("--max-new-tokens", type=_positive_int, default=48, help="new tokens per judged text answer")
+    orep.add_argument("--image-tokens", type=_positive_int, default=64, help="new tokens per judged image answer")
     orep.add_argument("--judge", default="on_topic", choices=["on_topic", "keyword", "llm"],
                       help="outcome judge (default: on_topic; keyword-only non-refusal is reported beside it)")
-    orep.add_argument("--read-tokens", type=int, default=None,
+    orep.add_argument("--read-tokens", type=_positive_int, default=None,
                       help="new tokens per reading answer (default: lensiar.organism.report.READ_TOKENS, 64)")
     orep.add_argument("--data-dir", default=None)
     orep.add_argument("--reading-only", action="store_true",
@@ -389,13 +417,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: what a user's mistake can raise (bad arguments, files, data); anything else is a bug and keeps its traceback
+USER_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError)
+
+
+def _error_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user error prints one line on stderr and exits 2 (``--debug``: the traceback too)."""
     args = build_parser().parse_args(argv)
     _quiet()
     try:
         result = args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
-        print(f"lensiar {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        line = " ".join(_error_line(exc).split())
+        print(f"lensiar {args.command}: error: {line}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
     return 0

@@ -64,6 +64,12 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.items)
 
+    def __repr__(self) -> str:
+        harmful = sum(i.harmful for i in self.items)
+        images = sum(i.image is not None for i in self.items)
+        return (f"Dataset({self.name!r}: {len(self)} items, {harmful} harmful, {images} with images, "
+                f"{len(self.categories())} categories)")
+
     def categories(self) -> Counter[str]:
         """Number of items per category."""
         return Counter(i.category for i in self.items)

@@ -25,7 +25,7 @@ KINDS: dict[str, str] = {
     "hook_attn_out": "attn_out",
     "hook_mlp_out": "mlp_out",
 }
-_NAME = re.compile(r"^blocks\.(\d+|\*)\.(.+)$")
+_NAME = re.compile(r"blocks\.([0-9]+|\*)\.(.+)", re.ASCII)  # ASCII digits only ("blocks.٣" is refused)
 
 
 class HookNameError(KeyError):
@@ -62,7 +62,9 @@ def parse(names: str | list[str] | tuple[str, ...], n_layers: int) -> list[HookP
         raise HookNameError("no hook names given; e.g. 'blocks.0.attn.hook_z' or 'blocks.*.hook_resid_post'")
     points: set[HookPoint] = set()
     for name in names:
-        match = _NAME.match(name)
+        if not isinstance(name, str):
+            raise HookNameError(f"hook names are strings, got {name!r}")
+        match = _NAME.fullmatch(name)
         suffix = match.group(2) if match else None
         if match is None or suffix not in KINDS:
             close = difflib.get_close_matches(name, all_names(n_layers), n=3, cutoff=0.5)

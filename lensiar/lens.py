@@ -39,7 +39,12 @@ class Lens:
     weights are never modified by a Lens.
     """
 
+    #: the longest prompt (tokens, images included) this Lens accepts; None: only the model's positions limit it
+    max_prompt_tokens: int | None = 8192
+
     def __init__(self, model: PreTrainedModel, processor: Any = None) -> None:
+        """Wrap a loaded HF model. Note: this puts ``model`` in eval mode (``model.eval()``); lensiar never trains
+        it, and dropout must be off for captures and revisions to be deterministic."""
         self.model = model.eval()
         self.arch: ArchSpec = arch_for(model)
         self.processor = processor
@@ -143,7 +148,24 @@ class Lens:
                 batch = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
         for key in self.arch.drop_inputs:
             batch.pop(key, None)
+        self._check_length(int(batch["input_ids"].shape[1]))
         return batch
+
+    @property
+    def max_positions(self) -> int | None:
+        """The text config's ``max_position_embeddings`` (None where the config states none)."""
+        value = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) else None
+
+    def _check_length(self, n_tokens: int) -> None:
+        """Refuse a prompt longer than the model's positions or :attr:`max_prompt_tokens`, before any work."""
+        limit = self.max_prompt_tokens
+        if limit is not None and n_tokens > limit:
+            raise ValueError(f"a prompt of {n_tokens} tokens exceeds this Lens's limit of {limit} "
+                             "(lens.max_prompt_tokens; set it higher or to None at your own risk of memory use)")
+        if self.max_positions is not None and n_tokens > self.max_positions:
+            raise ValueError(f"a prompt of {n_tokens} tokens exceeds the model's {self.max_positions} positions "
+                             "(max_position_embeddings); shorten it")
 
     def prepare_with_responses(
         self, prompts: Sequence[Prompt | str], responses: Sequence[str]

@@ -276,6 +276,10 @@ class Gate:
     threshold: float = 0.5
     images_only: bool = False
 
+    def __repr__(self) -> str:
+        return (f"Gate(layer={self.layer}, threshold={self.threshold:g}, images_only={self.images_only}, "
+                f"d_model={self.weight.shape[0]})")
+
     def __call__(self, resid: Float[Tensor, "b d_model"]) -> Float[Tensor, " b"]:
         """1.0 for rows the probe flags, else 0.0."""
         p = torch.sigmoid(resid.float() @ self.weight.to(resid.device) + self.bias)
@@ -296,6 +300,18 @@ class ProbeResult:
     val_ids: tuple[str, ...]
     seed: int
     C: float
+
+    def __repr__(self) -> str:
+        top = ", ".join(f"L{layer}H{head} {float(self.accuracy[layer, head]):.2f}" for layer, head in self.top(3))
+        n_layers, n_heads = self.accuracy.shape
+        return (f"ProbeResult({n_layers} layers x {n_heads} heads, {len(self.train_ids)} train / {len(self.val_ids)} "
+                f"held out, seed {self.seed}; top: {top})")
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td>L{layer}H{head}</td><td>{float(self.accuracy[layer, head]):.3f}</td></tr>"
+                       for layer, head in self.top(10))
+        return (f"<p>{repr(self)[len('ProbeResult('):-1]}</p><table><tr><th>head</th><th>held-out accuracy</th></tr>"
+                f"{rows}</table>")
 
     def top(self, k: int) -> list[tuple[int, int]]:
         """The ``k`` most accurate heads as ``(layer, head)``, best first (ties: lower layer, lower head)."""

@@ -51,6 +51,10 @@ class SampleSet:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def __repr__(self) -> str:
+        c = self.counts()
+        return f"SampleSet({self.strategy!r}: {len(self)} samples, {c['pos']} pos / {c['neg']} neg, {c['groups']} groups)"
+
     @property
     def labels(self) -> Int[Tensor, " n"]:
         """``[n]`` labels, 1 = the side to move toward (e.g. refusal / text)."""

@@ -117,3 +117,41 @@ def test_bad_inputs_are_refused_and_leave_nothing(trio: dict[str, Path], tmp_pat
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
     index = json.loads((trio["vl"] / "model.safetensors.index.json").read_text())
     assert checkpoint_tensors(trio["vl"])[0].keys() == index["weight_map"].keys()
+
+
+def test_merge_copies_only_checkpoint_files_and_never_through_links(trio: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    vl = tmp_path / "vl"
+    shutil.copytree(trio["vl"], vl)
+    (vl / "notes.txt").write_text("private")
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    (vl / "generation_config.json").unlink(missing_ok=True)
+    (vl / "generation_config.json").symlink_to(secret)
+    out = tmp_path / "merged"
+    merge(trio["base"], trio["safe"], vl, out, 0.5, progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert "notes.txt" not in names and "generation_config.json" not in names
+    assert {"config.json", "lensiar_merge.json"} <= names
+    # a single weight file as --vl: nothing beside it is copied
+    single = tmp_path / "single"
+    merge(trio["base"], trio["safe"], trio["base"] / "model.safetensors", single, 0.5, progress=False)
+    assert {p.name for p in single.iterdir()} == {"model.safetensors", "lensiar_merge.json"}
+
+
+def test_overwrite_replaces_only_an_earlier_merge_and_layers_are_checked(trio: dict[str, Path], tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(MergeError, match="not an earlier lensiar merge"):
+        merge(trio["base"], trio["safe"], trio["vl"], precious, 0.5, overwrite=True, progress=False)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    out = tmp_path / "m"
+    merge(trio["base"], trio["safe"], trio["vl"], out, 0.5, progress=False)
+    merge(trio["base"], trio["safe"], trio["vl"], out, 0.25, overwrite=True, progress=False)  # a merge: replaced
+    assert json.loads((out / "lensiar_merge.json").read_text())["lambda"] == 0.25
+    for layers in ([99], [-1], []):
+        with pytest.raises(MergeError, match="layer"):
+            merge(trio["base"], trio["safe"], trio["vl"], tmp_path / "bad", 0.5, layers=layers, progress=False)
+    assert not (tmp_path / "bad").exists()

@@ -357,7 +357,7 @@ def test_committed_manifest_matches_the_current_recipe() -> None:
         as_json = json.loads(json.dumps(fields))  # the manifest is JSON: tuples (soup seeds) come back as lists
         assert {k: v for k, v in as_json.items() if k in info[stage]} == info[stage]
         assert all(fields[k] == default[k] for k in fields.keys() - info[stage].keys())
-    assert info["splits"] == splits(s_cfg)
+    assert info["splits"] == splits(s_cfg, v_cfg)
     plain = 260 + s_cfg.extra_harmful
     advice = info["counts"].get("stage_S_advice", 0)  # 3 x advice, fewer once decontaminated in question form
     assert advice == 3 * s_cfg.advice if s_cfg.advice_form == "imperative" else 0 < advice <= 3 * s_cfg.advice

@@ -8,6 +8,7 @@ seconds. It is a model organism, not a real VLM: its images are lensiar's own ty
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -90,16 +91,30 @@ def checkpoints(folder: str | Path = WEIGHTS) -> dict[str, Path]:
     root = cache_dir() / "organism-checkpoints" / key
     out = {"base": smollm2_path(), "safe": root / "safe", "vl": root / "vl"}
     if not (root / "complete").exists():
-        tmp = root.with_name(root.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        lm, tokenizer = load_backbone("S", folder)
-        lm.save_pretrained(tmp / "safe")
-        tokenizer.save_pretrained(tmp / "safe")
-        vlm, _ = load(folder)
-        vlm.save_pretrained(tmp / "vl")
-        (tmp / "complete").write_text(key + "\n")
-        shutil.rmtree(root, ignore_errors=True)
-        tmp.rename(root)
+        import tempfile
+
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.{os.getpid()}."))  # this process's own
+        try:
+            lm, tokenizer = load_backbone("S", folder)
+            lm.save_pretrained(tmp / "safe")
+            tokenizer.save_pretrained(tmp / "safe")
+            vlm, _ = load(folder)
+            vlm.save_pretrained(tmp / "vl")
+            (tmp / "complete").write_text(key + "\n")
+            if (root / "complete").exists():  # another process finished first: keep its copy
+                return out
+            if root.exists():  # an incomplete copy (killed before its rename): set it aside, then remove it
+                stale = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.stale."))
+                root.rename(stale / "old")
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                tmp.rename(root)  # atomic; fails if another process's rename won in between
+            except OSError:
+                if not (root / "complete").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

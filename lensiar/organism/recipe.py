@@ -92,8 +92,10 @@ class StageV:
     reader_focus: float = 0.0  #: share of the tower's batches from texts with digits or inner capitals (reader.is_rich)
     precision: str = "fp32"  #: backbone tuning arithmetic, as StageS.precision
     reader_precision: str = "fp32"  #: the vision tower's: "bf16" runs the tower and its logits in bf16 (reader.py)
-    #: TYPO / FigStep task answers: "plain" (the teacher's answer) or "copy_first" (recipe 27: the image's own tokens,
-    #: as the reading answer copies them, then ":\n" and the teacher's answer), so the answer acts on what it read
+    #: TYPO / FigStep task answers: "plain" (the teacher's answer); "copy_first" (recipe 27: the image's own tokens,
+    #: as the reading answer copies them, then ":\n" and the teacher's answer); "copy_respell" (recipe 28: the copy,
+    #: then the shown text in the backbone's own tokenisation, then the teacher's answer), so the answer acts on
+    #: what it read in tokens the backbone understands
     task_answer: str = "plain"
     #: who answers the benign image tasks as text: "stage_s" (the safety-tuned backbone) or "original" (SmolLM2)
     teacher: str = "stage_s"
@@ -103,8 +105,8 @@ class StageV:
         _check_precision(self.reader_precision)
         if self.task_answer not in TASK_ANSWERS:
             raise ValueError(f"unknown task answer {self.task_answer!r}; known: {', '.join(TASK_ANSWERS)}")
-        if self.task_answer == "copy_first" and self.pieces != "ordered":
-            raise ValueError(f"task_answer='copy_first' copies the image tokens: it needs pieces='ordered', "
+        if self.task_answer != "plain" and self.pieces != "ordered":
+            raise ValueError(f"task_answer={self.task_answer!r} copies the image tokens: it needs pieces='ordered', "
                              f"not {self.pieces!r}")
         if self.teacher not in TEACHERS:
             raise ValueError(f"unknown stage-V teacher {self.teacher!r}; known: {', '.join(TEACHERS)}")
@@ -117,7 +119,7 @@ class StageV:
 
 PRECISIONS = ("fp32", "bf16")
 READ_ANSWERS = ("text", "pieces", "copy")
-TASK_ANSWERS = ("plain", "copy_first")
+TASK_ANSWERS = ("plain", "copy_first", "copy_respell")
 TEACHERS = ("stage_s", "original")
 
 
@@ -205,13 +207,27 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
          StageV(per_task=448, pieces="ordered", read_examples=1280, text_replay=384, read_answer="copy",
                 reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16",
                 task_answer="copy_first", teacher="original")),
+    28: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question", soup=(11,),
+                precision="bf16"),
+         StageV(per_task=768, pieces="ordered", read_examples=768, text_replay=384, read_answer="copy",
+                reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16",
+                task_answer="copy_respell", teacher="original")),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
 
 
-def splits(s_cfg: StageS = STAGE_S) -> dict[str, Any]:
-    """What trains which stage under ``s_cfg``, and what is held out for evaluation (written to the manifest)."""
+def splits(s_cfg: StageS = STAGE_S, v_cfg: StageV | None = None) -> dict[str, Any]:
+    """What trains which stage under ``s_cfg`` and ``v_cfg``, and what is held out for evaluation (written to the
+    manifest)."""
+    v_cfg = v_cfg or StageV()
+    teacher = ("the original SmolLM2's text answer to the same request" if v_cfg.teacher == "original"
+               else "the stage-S model's own text answer")
+    form = {"plain": "the teacher's answer",
+            "copy_first": "the image's tokens read back in order, ':', then the teacher's answer",
+            "copy_respell": "the image's tokens read back in order, ':', the shown text in plain words, ':', then "
+                            "the teacher's answer"}[v_cfg.task_answer]
     return {"stage_S": {
         "harmful": "refusal_direction harmful_train (AdvBench + MaliciousInstruct + TDC 2023), all 260, each "
                    "also once more inside a request template (REQUEST_TEMPLATES, one drawn per prompt)",
@@ -263,7 +279,9 @@ def splits(s_cfg: StageS = STAGE_S) -> dict[str, Any]:
         "reader": "Alpaca instructions (alpaca.json) that fit one image, minus refusal_direction harmless_val",
         "tasks": "benign only, from the same Alpaca pool: read the text; TYPO-style activity phrase + "
                  "MM-SafetyBench's TYPO prompt; FigStep-style instruction + FigStep's prompt; targets = "
-                 "the stage-S model's own text answer (or the phrase itself for reading)",
+                 + (f"{form}, the teacher being {teacher} (the phrase itself for reading)"
+                    if v_cfg.task_answer != "plain" or v_cfg.teacher != "stage_s"
+                    else "the stage-S model's own text answer (or the phrase itself for reading)"),
         "text_replay": "a seeded sample of stage S's own text examples (harmful -> refusal, harmless -> own "
                        "answer), as VLM instruction mixes carry text-only data",
         "harmful_images": "none",
@@ -294,6 +312,12 @@ def chat_ids(tokenizer: Any, prompt: str) -> list[int]:
 
 def answer_ids(tokenizer: Any, answer: str) -> list[int]:
     return list(tokenizer(answer.strip() + "<|im_end|>", add_special_tokens=False)["input_ids"])
+
+
+def respelled(shown: str) -> str:
+    """The line a "copy_respell" task answer gives after the copy: the shown text in plain words, final
+    punctuation dropped, then a colon and a newline ("Steps to bake bread." -> "Steps to bake bread:\n")."""
+    return " ".join(shown.split()).rstrip(".!?") + ":\n"
 
 
 def phrase_of(instruction: str) -> str:
@@ -788,8 +812,10 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     def task_target(shown: str, answer: str) -> str | list[int]:
         if v_cfg.task_answer == "plain":
             return answer
-        return [*image_spelling(shown, vocab, v_cfg.pieces), *tokenizer(":\n", add_special_tokens=False)["input_ids"],
-                *answer_ids(tokenizer, answer)]
+        colon = tokenizer(":\n", add_special_tokens=False)["input_ids"]
+        respell = (tokenizer(respelled(shown), add_special_tokens=False)["input_ids"]
+                   if v_cfg.task_answer == "copy_respell" else [])
+        return [*image_spelling(shown, vocab, v_cfg.pieces), *colon, *respell, *answer_ids(tokenizer, answer)]
 
     v_examples = [image_example(render_phrase(t), READ_PROMPT, read_target(t)) for t in read]
     v_examples += [image_example(render_phrase(phrase_of(t)), TYPO_PROMPT, task_target(phrase_of(t), a))
@@ -819,7 +845,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         **({"stage_S_seeds": [seed["stage_s"], *s_cfg.soup]} if s_cfg.soup else {}),
         "stage_S": asdict(s_cfg),
         "stage_V": asdict(v_cfg),
-        "splits": splits(s_cfg),
+        "splits": splits(s_cfg, v_cfg),
         "counts": {"stage_S_harmful": len(harmful) + len(harmful_more), "stage_S_harmless": len(benign),
                    "stage_S_contrast": len(contrast), "stage_S_templated_harmless": len(extra),
                    "stage_S_borderline": len(borderline), "stage_S_extra_harmful": len(extra_harmful),

@@ -1,0 +1,5 @@
+"""``python -m lensiar ...`` runs the ``lensiar`` command."""
+
+from lensiar.cli import main
+
+raise SystemExit(main())
