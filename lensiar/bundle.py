@@ -8,7 +8,7 @@ Tensors (head level / layer level):
 The header's ``lensiar`` entry holds the format version, the model's spec (fingerprint and shape),
 method, strategy, level, data ids and counts, default alpha / top_k and the lensiar version. Files
 are written atomically (temporary file + rename) and never pickled. The header also holds ``sha256``, a hash
-of every tensor's name, dtype, shape and bytes, checked on load, so silent corruption of the tensor data is
+of the lensiar metadata and of every tensor's name, dtype, shape and bytes, checked on load, so silent corruption of the tensor data is
 refused (format 2; format-1 files, which have none, still load).
 """
 
@@ -40,9 +40,9 @@ UNIT_TOLERANCE = 1e-3  #: how far from 1 a stored vector's norm may be
 STALE_SECONDS = 600  #: a save's temporary file older than this was left by a killed save; the next save removes it
 
 
-def content_hash(tensors: dict[str, Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
-    digest = hashlib.sha256()
+def content_hash(tensors: dict[str, Tensor], metadata: str = "") -> str:
+    """sha256 over the lensiar ``metadata`` string and every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256(metadata.encode())
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -239,8 +239,8 @@ class RevisionBundle:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            save_file(tensors, tmp, metadata={"lensiar": json.dumps(self.metadata(), sort_keys=True),
-                                              "sha256": content_hash(tensors)})
+            meta = json.dumps(self.metadata(), sort_keys=True)
+            save_file(tensors, tmp, metadata={"lensiar": meta, "sha256": content_hash(tensors, meta)})
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
@@ -291,9 +291,9 @@ class RevisionBundle:
         if version >= 2:
             if not isinstance(header.get("sha256"), str):
                 raise BundleError(f"{path} has no content hash (sha256) in its header")
-            if content_hash(tensors) != header["sha256"]:
-                raise BundleError(f"{path}: its tensors do not match the content hash in its header (corrupted or "
-                                  "edited after saving)")
+            if content_hash(tensors, header["lensiar"]) != header["sha256"]:
+                raise BundleError(f"{path}: its tensors or metadata do not match the content hash in its header "
+                                  "(corrupted or edited after saving)")
         missing = {"vectors", "sigma", "accuracy"} - set(tensors)
         if missing:
             raise BundleError(f"{path} lacks tensors {sorted(missing)}")

@@ -274,9 +274,9 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
 
     t0 = time.perf_counter()
     laps = Laps()
+    root = data_dir(data)  # before anything is written: a wrong data directory leaves no folder behind
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    root = data_dir(data)
     judge = default_judge(root)
     n_eval = 8 if quick else n_eval
     summary: dict[str, Any] = {"judge": judge.name, "seed": seed, "max_new_tokens": tokens, "decoding": "greedy"}

@@ -22,6 +22,12 @@ class ModelSpec:
     ``fingerprint`` hashes the architecture, every parameter's name and shape, and 64 evenly
     strided values of each parameter rounded to bfloat16, so it tells models apart (a fine-tune
     included) cheaply and identically across devices and fp32/bf16 loading.
+
+    What it guarantees, exactly: two models with a different class, parameter names or shapes, or any
+    difference at one of the sampled positions (beyond bfloat16 rounding) get different fingerprints. It does
+    *not* see a change confined to unsampled positions: a weight edited by hand off the stride (a targeted
+    edit of a few values) keeps the fingerprint. A fine-tune moves essentially every value, sampled ones
+    included. For an exact check, compare :func:`weights_hash` (every byte; it reads the whole model once).
     """
 
     n_layers: int

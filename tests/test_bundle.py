@@ -84,7 +84,8 @@ def test_nan_vector(tmp_path: Path) -> None:
     bad = bundle.vectors.clone()
     bad[0, 0, 0] = float("nan")
     tensors = {"vectors": bad, "sigma": bundle.sigma, "accuracy": bundle.accuracy}
-    meta = {"lensiar": json.dumps(bundle.metadata()), "sha256": content_hash(tensors)}  # a consistent hash
+    text = json.dumps(bundle.metadata())
+    meta = {"lensiar": text, "sha256": content_hash(tensors, text)}  # a consistent hash
     save_file(tensors, tmp_path / "nan.safetensors", metadata=meta)
     with pytest.raises(BundleError, match="NaN"):
         RevisionBundle.load(tmp_path / "nan.safetensors")
@@ -134,7 +135,7 @@ def _rewrite(path: Path, tensors: dict[str, torch.Tensor] | None = None, meta_ed
     meta.update(meta_edit or {})
     header["lensiar"] = json.dumps(meta)
     if not keep_hash:
-        header["sha256"] = content_hash(new)
+        header["sha256"] = content_hash(new, header["lensiar"])
     save_file(new, str(path), metadata=header)
 
 

@@ -668,10 +668,12 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         raise ValueError(f"stage-S seed {seed['stage_s']} is already one of recipe {recipe}'s soup seeds "
                          f"{RECIPES[recipe][0].soup}; pick another")
     t0 = time.perf_counter()
+    root = data_dir(data)  # before anything is written: a wrong data directory leaves no folder behind
+    if reuse is not None and not (Path(reuse) / "manifest.json").is_file():
+        raise ValueError(f"--reuse {reuse}: no organism manifest.json there")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = _log_to(out / "build.log")
-    root = data_dir(data)
     torch.manual_seed(0)
     s_cfg, v_cfg = RECIPES[recipe]
     if quick:

@@ -1,0 +1,92 @@
+"""Seeded fuzzing (issue: reliability): mutated bundles, a tampered store index, bad CLI arguments and revise cycles
+that raise. Each asserts the counts that must stay zero; ``benchmarks/fuzz.py --cases 10000`` is the long run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from lensiar.cli import main
+from lensiar.testing.fuzz import bundle_fuzz, store_fuzz
+from tests.conftest import tiny_lens
+from tests.test_revision import random_bundle
+
+
+def test_mutated_bundles_are_refused_never_crash_never_load_corrupted() -> None:
+    counts = bundle_fuzz(1000, seed=0)
+    assert counts["crash"] == 0 and counts["loaded_corrupted"] == 0, counts
+    assert counts["refused"] >= 950, counts  # almost every mutation is caught; the rest change nothing
+
+
+def test_a_tampered_store_index_never_escapes_the_store() -> None:
+    counts = store_fuzz(300, seed=1)
+    assert counts["crash"] == 0 and counts["escaped"] == 0, counts
+    assert counts["refused"] > 0
+
+
+BAD_INVOCATIONS = [
+    ["probe", "organism", "--n", "0"], ["probe", "organism", "--val-fraction", "x"], ["probe", "organism", "--seed", "-1"],
+    ["extract", "organism", "--alpha", "inf", "--out", "b.safetensors"], ["extract", "organism", "--top-k", "٣", "--out", "b"],
+    ["eval", "organism", "--out", "r.jsonl"], ["eval", "organism", "--preset", "xstest", "--max-new-tokens", "0",
+                                               "--out", "r.jsonl"],
+    ["eval", "organism", "--preset", "nosuch", "--out", "r.jsonl", "--judge", "gpt"],
+    ["merge", "--base", "a", "--safe", "b", "--vl", "c", "--lambda", "nan", "--out", "m"],
+    ["organism", "report", "--n", "-1"], ["organism", "report", "--image-tokens", "0"],
+    ["judge-agreement", "--labels", "missing.jsonl"], ["judge-agreement", "--judges", ",", "--labels", "x"],
+    ["demo", "--n", "0"], ["nosuchcommand"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_INVOCATIONS, ids=[" ".join(a)[:40] for a in BAD_INVOCATIONS])
+def test_bad_cli_invocations_exit_2_with_one_line_and_write_nothing(argv: list[str], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's own refusals
+            code = exc.code  # type: ignore[assignment]
+    assert code == 2, err.getvalue()
+    assert "Traceback" not in err.getvalue() and "error" in err.getvalue()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_revise_cycles_with_random_exceptions_leave_no_hooks() -> None:
+    rng = random.Random(0)
+    for name in ("llama", "llava"):
+        lens = tiny_lens(name)
+        head, layer = random_bundle(lens), random_bundle(lens, level="layer")
+        before = [p.detach().clone() for p in lens.model.parameters()]
+        for _ in range(150):
+            bundles = rng.choice([[head], [layer], [head, layer]])
+            try:
+                with lens.revise(bundles, alpha=rng.uniform(-3, 3), top_k=rng.randint(1, 4)):
+                    if rng.random() < 0.5:
+                        with lens.revise(head, alpha=1.0):
+                            if rng.random() < 0.5:
+                                raise RuntimeError("inner")
+                    lens.forward(["hi there"])
+                    if rng.random() < 0.5:
+                        raise KeyError("outer")
+            except (RuntimeError, KeyError):
+                pass
+            assert not lens._revisions
+        leftover = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in lens.model.modules())
+        assert leftover == 0
+        assert all(torch.equal(a, b) for a, b in zip(before, lens.model.parameters(), strict=True))
+
+
+def test_commands_with_a_wrong_data_directory_leave_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for argv in (["demo", "--out", "d", "--data-dir", "nowhere"],
+                 ["organism", "build", "--out", "b", "--data-dir", "nowhere", "--quick"]):
+        with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+            assert main(argv) == 2
+        assert "nowhere" in err.getvalue()
+        assert list(tmp_path.iterdir()) == []
