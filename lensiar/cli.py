@@ -248,6 +248,48 @@ def cmd_judge_agreement(args: argparse.Namespace) -> dict[str, Any]:
     return {name: res["all"] for name, res in table["judges"].items()}
 
 
+def cmd_store(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar.store import VectorStore
+
+    store = VectorStore(args.store)
+    if args.store_command == "list":
+        entries = store.list()
+        return {"store": str(store.root), "bundles": {name: {k: e.get(k) for k in ("level", "method", "strategy",
+                                                                                   "metrics", "saved_at")}
+                                                      for name, e in entries.items()},
+                "orphans": store.orphans()}
+    bundle = store.load(args.name)
+    if args.store_command == "show":
+        chosen = bundle.selection()
+        return {"name": args.name, "repr": repr(bundle), "metadata": bundle.metadata(),
+                "selected": chosen.nonzero().tolist(),
+                "selected_accuracy": [round(float(a), 4) for a in bundle.accuracy[chosen]]}
+    from lensiar.export import export_control_vector
+
+    path = export_control_vector(bundle, args.out, alpha=args.alpha, top_k=args.top_k)
+    return {"name": args.name, "out": str(path)}
+
+
+def cmd_revise(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar import Lens, Prompt, RevisionBundle
+    from lensiar.store import VectorStore
+
+    images = [_open_image(p) for p in args.image] if args.image else None
+    prompts = [Prompt(t, images=images) for t in args.prompt]
+    lens = Lens.from_pretrained(args.model)
+    source = Path(args.bundle)
+    bundle = (RevisionBundle.load(source, lens=lens) if source.suffix == ".safetensors" or source.is_file()
+              else VectorStore(args.store).load(args.bundle, lens=lens))
+    plain = lens.generate(prompts, max_new_tokens=args.max_new_tokens)
+    with lens.revise(bundle, alpha=args.alpha, top_k=args.top_k, gate=args.gate):
+        revised = lens.generate(prompts, max_new_tokens=args.max_new_tokens)
+    for prompt, a, b in zip(args.prompt, plain, revised, strict=True):
+        print(f"prompt:    {prompt}\nunrevised: {a!r}\nrevised:   {b!r}\n", file=sys.stderr)
+    return {"bundle": str(args.bundle), "alpha": args.alpha, "top_k": args.top_k, "gate": args.gate,
+            "answers": [{"prompt": p, "unrevised": a, "revised": b}
+                        for p, a, b in zip(args.prompt, plain, revised, strict=True)]}
+
+
 def cmd_merge(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar.merge import merge
 
@@ -354,6 +396,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--out", required=True, help="results JSONL (appended to; a rerun resumes)")
     ev.set_defaults(func=cmd_eval)
+
+    st = sub.add_parser("store", help="the vector store: list bundles (and orphan files), show one, export GGUF")
+    st.add_argument("--store", default="vector_store")
+    st_sub = st.add_subparsers(dest="store_command", required=True)
+    st_sub.add_parser("list", help="bundles, their metrics, and files no index entry names")
+    show = st_sub.add_parser("show", help="one bundle's metadata and selected heads or layers")
+    show.add_argument("name")
+    gguf = st_sub.add_parser("export-gguf", help="a layer-level bundle as a llama.cpp control vector")
+    gguf.add_argument("name")
+    gguf.add_argument("--out", required=True, help="output .gguf file")
+    gguf.add_argument("--alpha", type=_finite_float, default=None)
+    gguf.add_argument("--top-k", type=_positive_int, default=None)
+    st.set_defaults(func=cmd_store)
+
+    rv = sub.add_parser("revise", help="answers without and with a revision, side by side")
+    rv.add_argument("model", help="local checkpoint directory or registry name (smollm2-135m-instruct, organism)")
+    rv.add_argument("--bundle", required=True, help="a bundle file (.safetensors) or a name in --store")
+    rv.add_argument("--store", default="vector_store")
+    rv.add_argument("--prompt", action="append", required=True)
+    rv.add_argument("--image", action="append", help="image file(s) given with every prompt")
+    rv.add_argument("--alpha", type=_finite_float, default=None, help="default: the bundle's")
+    rv.add_argument("--top-k", type=_positive_int, default=None, help="default: the bundle's")
+    rv.add_argument("--gate", action="store_true", help="revise only what the bundle's gate flags")
+    rv.add_argument("--max-new-tokens", type=_positive_int, default=48)
+    rv.set_defaults(func=cmd_revise)
 
     ja = sub.add_parser("judge-agreement", help="accuracy and Cohen's kappa of each judge against labelled answers")
     ja.add_argument("--labels", default=str(Path(__file__).resolve().parent.parent / "tests" / "data" /

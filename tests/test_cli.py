@@ -74,3 +74,28 @@ def test_organism_build_seed_overrides_are_checked_before_anything_is_written(tm
     unknown = _run("organism", "build", "--out", str(tmp_path / "b"), "--seed", "stage_z=11")
     assert unknown.returncode == 2 and "unknown organism seed name(s) ['stage_z']" in unknown.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_store_list_show_export_and_revise_side_by_side(tmp_path: Path) -> None:
+    model, tokenizer = lensiar.testing.tiny_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    ext = _run("extract", str(tmp_path / "m"), "--strategy", "single_response", "--n", "12", "--level", "layer",
+               "--top-k", "1", "--name", "tiny-layer", "--store", str(tmp_path / "vs"))
+    assert ext.returncode == 0, ext.stderr
+    (tmp_path / "vs" / "stray.safetensors").write_bytes(b"left by a killed save")
+    listed = json.loads(_run("store", "--store", str(tmp_path / "vs"), "list").stdout)
+    assert list(listed["bundles"]) == ["tiny-layer"] and listed["orphans"] == ["stray.safetensors"]
+    shown = json.loads(_run("store", "--store", str(tmp_path / "vs"), "show", "tiny-layer").stdout)
+    assert shown["metadata"]["level"] == "layer" and len(shown["selected"]) == 1
+    out = tmp_path / "cv.gguf"
+    exported = _run("store", "--store", str(tmp_path / "vs"), "export-gguf", "tiny-layer", "--out", str(out))
+    assert exported.returncode == 0, exported.stderr and out.is_file()
+    missing = _run("store", "--store", str(tmp_path / "vs"), "show", "nope")
+    assert missing.returncode == 2 and "no bundle 'nope'" in missing.stderr
+    revised = _run("revise", str(tmp_path / "m"), "--bundle", "tiny-layer", "--store", str(tmp_path / "vs"),
+                   "--prompt", "hello", "--alpha", "8", "--max-new-tokens", "4")
+    assert revised.returncode == 0, revised.stderr
+    answers = json.loads(revised.stdout)["answers"]
+    assert len(answers) == 1 and {"unrevised", "revised"} <= answers[0].keys()
+    assert "unrevised:" in revised.stderr and "revised:" in revised.stderr
