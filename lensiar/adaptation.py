@@ -172,12 +172,12 @@ def degradation(llm: Lens, vlm: Lens, pairs: Sequence[tuple[Dataset, Dataset]], 
     for text, image in pairs:
         if [i.id for i in text.items] != [i.id for i in image.items]:
             raise ValueError(f"{text.name} and {image.name} must hold the same items in the same order")
-    judge = judge or default_judge()
+    chosen: Judge = judge or default_judge()
     texts = [t for t, _ in pairs]
     images = [i for _, i in pairs]
-    records = run([Condition("backbone LLM, text", llm)], texts, out, judge, tokens, batch_size)
-    records = run([Condition("VLM, text", vlm)], texts, out, judge, tokens, batch_size)
-    records = run([Condition("VLM, image", vlm)], images, out, judge, tokens, batch_size)
+    records = run([Condition("backbone LLM, text", llm)], texts, out, chosen, tokens, batch_size)
+    records = run([Condition("VLM, text", vlm)], texts, out, chosen, tokens, batch_size)
+    records = run([Condition("VLM, image", vlm)], images, out, chosen, tokens, batch_size)
     return [r for r in summarise(records) if r["category"] == "all"]
 
 

@@ -57,20 +57,21 @@ def direct_attribution(lens: Lens, prompts: Inputs, refusal: Sequence[int] | Non
     n_layers = lens.spec.n_layers
     last = f"blocks.{n_layers - 1}.hook_resid_post"
     cache = lens.run_with_cache(prompts, ["blocks.*.attn.hook_z", last], positions="last", batch_size=batch_size)
-    resid = cache[last].float()  # [b, d]
+    device = lens.device  # the cache comes back on the CPU; the norm and W_O live on the model's device
+    resid = cache[last].float().to(device)  # [b, d]
     norm = lens.model.get_decoder().norm
     with torch.no_grad():
         ratio = norm(resid) / torch.where(resid.abs() > 1e-12, resid, torch.full_like(resid, 1e-12))  # [b, d]
-    direction = _unembed_direction(lens, refusal, comply)  # [d]
+    direction = _unembed_direction(lens, refusal, comply).to(device)  # [d]
     out = torch.zeros(n_layers, lens.spec.n_heads)
     for layer in range(n_layers):
         key = f"blocks.{layer}.attn.hook_z"
         if key not in cache:
             continue
-        z = cache[key].float()  # [b, H, dh]
+        z = cache[key].float().to(device)  # [b, H, dh]
         w_o = lens.W_O(layer).float()  # [H, dh, d]
         per_head = torch.einsum("bhk,hkd->bhd", z, w_o)  # [b, H, d]
-        out[layer] = torch.einsum("bhd,bd,d->bh", per_head, ratio, direction).mean(0)
+        out[layer] = torch.einsum("bhd,bd,d->bh", per_head, ratio, direction).mean(0).cpu()
     return out
 
 
@@ -85,7 +86,7 @@ def patching(lens: Lens, layer: int, source_z: Float[Tensor, "n heads d_head"], 
         x = args[0].clone()
         rows = x.shape[0] // n
         last = x[:, -1].view(n, rows, n_heads, d_head)
-        src = source_z.to(x.dtype)
+        src = source_z.to(device=x.device, dtype=x.dtype)
         if heads == "all":
             last[:] = src[:, None]
         else:

@@ -143,10 +143,10 @@ class RevisionBundle:
 
     def _repr_html_(self) -> str:
         chosen = self.selection().nonzero().tolist()[:10]
-        rows = "".join(f"<tr><td>{'L%dH%d' % tuple(c) if len(c) == 2 else 'L%d' % c[0]}</td>"
+        rows = "".join(f"<tr><td>{f'L{c[0]}H{c[1]}' if len(c) == 2 else f'L{c[0]}'}</td>"
                        f"<td>{float(self.accuracy[tuple(c)]):.3f}</td><td>{float(self.sigma[tuple(c)]):.3g}</td></tr>"
                        for c in chosen)
-        return (f"<p>{repr(self)}</p><table><tr><th>selected</th><th>accuracy</th><th>sigma</th></tr>{rows}</table>")
+        return (f"<p>{self!r}</p><table><tr><th>selected</th><th>accuracy</th><th>sigma</th></tr>{rows}</table>")
 
     # ------------------------------------------------------------------ selection
     def selection(self, top_k: int | None = None, layers: list[int] | None = None) -> Bool[Tensor, "n_layers ..."]:

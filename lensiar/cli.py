@@ -171,10 +171,9 @@ def cmd_organism_build(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_organism_report(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar.judges import judge_by_name
     from lensiar.organism import WEIGHTS
     from lensiar.organism.report import READ_TOKENS, markdown, run
-
-    from lensiar.judges import judge_by_name
 
     weights = Path(args.weights or WEIGHTS)
     if not (weights / "manifest.json").is_file():

@@ -86,7 +86,7 @@ def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             raise ValueError(f"{p}: line {k + 1} is not UTF-8; refusing to append to a corrupted file") from None
         except json.JSONDecodeError:
             raise ValueError(f"{p}: line {k + 1} is not valid JSON; refusing to append to a corrupted file") from None
-        if not isinstance(rec, dict) or (missing := [f for f in RECORD_FIELDS if f not in rec]):
+        if not isinstance(rec, dict) or any(f not in rec for f in RECORD_FIELDS):
             raise ValueError(f"{p}: line {k + 1} is not a results record (needs {', '.join(RECORD_FIELDS)}); "
                              "refusing to append to a corrupted file")
         if not all(isinstance(rec[f], str) for f in ("dataset", "condition", "id")) or not isinstance(rec["refused"], bool):
@@ -162,7 +162,7 @@ def run(
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    judge = judge or default_judge()
+    chosen: Judge = judge or default_judge()
     keyword = KeywordJudge.from_lists()
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def run(
         raise ValueError(f"{path} is being written by another run (lock {lock.lock_file}); wait for it or use "
                          "another results file") from None
     try:
-        return _run_locked(conditions, datasets, path, judge, keyword, max_new_tokens, batch_size, progress)
+        return _run_locked(conditions, datasets, path, chosen, keyword, max_new_tokens, batch_size, progress)
     finally:
         lock.release()
 

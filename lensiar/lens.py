@@ -222,7 +222,7 @@ class Lens:
         if self.image_token_id is None:
             return None
         ids: Int[Tensor, "b s"] = batch["input_ids"]
-        return ids == self.image_token_id
+        return (ids == self.image_token_id).to(self.device)  # beside the attention mask, on the model's device
 
     # ------------------------------------------------------------------ reading
     def _read(self, points: list[HookPoint]) -> Iterator[tuple[HookPoint, Any]]:

@@ -8,6 +8,7 @@ and anything else is refused before it is read or deleted.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -126,7 +127,7 @@ class VectorStore:
             _write_json(self.index_path, index)
             path.unlink(missing_ok=True)
 
-    def orphans(self) -> list[str]:
+    def orphans(self) -> builtins.list[str]:
         """Bundle files in the root that no index entry names (e.g. left by a save killed between the bundle write
         and the index update), and temporary files of killed saves."""
         named = {e["file"] for e in self.list().values()}

@@ -120,7 +120,7 @@ def test_structurally_wrong_index_gives_a_clear_error(tmp_path: Path, index: str
     root = tmp_path / "vs"
     root.mkdir()
     (root / "index.json").write_text(index)
-    with pytest.raises(BundleError, match="index.json"):
+    with pytest.raises(BundleError, match=r"index\.json"):
         VectorStore(root).list()
 
 

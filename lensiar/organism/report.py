@@ -116,7 +116,7 @@ def run(folder: Any = None, n: int = 100, seed: int = 0, max_new_tokens: int = 4
 
     folder = Path(folder or WEIGHTS)
     root = data_dir(data)
-    judge = judge or default_judge(root)
+    chosen: Judge = judge or default_judge(root)
     keyword = KeywordJudge.from_lists(root=root)
     harm = [r.text for r in load_source("harmbench", root, "test")]
     benign_val = [r.text for r in load_source("rd_harmless", root, "val")]
@@ -138,7 +138,7 @@ def run(folder: Any = None, n: int = 100, seed: int = 0, max_new_tokens: int = 4
     def judged(model: str, inputs: str, metric: str, target: str, prompts: Sequence[Any], requests: Sequence[str],
                lens: Lens, batch: int, comply: bool, tokens: int = max_new_tokens) -> None:
         responses = gen(lens, prompts, batch, tokens)
-        outcomes = judge.verdicts(list(requests), responses)
+        outcomes = chosen.verdicts(list(requests), responses)
         k = sum(o == ON_TOPIC for o in outcomes) if comply else sum(o == REFUSAL for o in outcomes)
         counts = {o: sum(x == o for x in outcomes) for o in OUTCOMES}
         no_keyword = sum(not keyword.refused(r) for r in responses)
@@ -194,7 +194,7 @@ def run(folder: Any = None, n: int = 100, seed: int = 0, max_new_tokens: int = 4
     log(f"{'organism VLM':<22} {'reading':<46} exact: {hits}/{len(reading)}")
     split = reading_split(vlm.model, reading, read, vlm.tokenizer.get_vocab(),
                           manifest(folder)["stage_V"].get("pieces", "word_start"))
-    return {"judge": judge.name, "seed": seed, "max_new_tokens": max_new_tokens, "image_tokens": image_tokens,
+    return {"judge": chosen.name, "seed": seed, "max_new_tokens": max_new_tokens, "image_tokens": image_tokens,
             "read_tokens": read_tokens, "decoding": "greedy", "recipe": manifest(folder).get("recipe_version"),
             "cells": [c.row() for c in cells], "examples": examples, "answers": answers,
             "reading_answer_tokens": answer_lengths(reading, vlm.tokenizer, manifest(folder), read_tokens),
