@@ -200,6 +200,26 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def cmd_organism_rejudge(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar.judges import judge_by_name
+    from lensiar.organism.report import markdown, rejudge
+
+    stem = Path(args.table).with_suffix("")
+    paths = {ext: stem.with_suffix(ext) for ext in (".json", ".answers.jsonl")}
+    for path in paths.values():
+        if not path.is_file():
+            raise ValueError(f"no {path}: give the --out STEM of an earlier `lensiar organism report`")
+    table = json.loads(paths[".json"].read_text())
+    answers = [json.loads(line) for line in paths[".answers.jsonl"].read_text().splitlines() if line.strip()]
+    fresh = rejudge(table, answers, judge_by_name(args.judge, args.data_dir))
+    print(markdown(fresh), file=sys.stderr)
+    _write_atomic(paths[".json"], json.dumps(fresh, indent=2) + "\n")
+    _write_atomic(stem.with_suffix(".md"), markdown(fresh) + "\n")
+    _write_atomic(paths[".answers.jsonl"], "".join(json.dumps(a) + "\n" for a in answers))
+    return {"table": str(paths[".json"]), "judge": fresh["judge"],
+            "cells": [{k: c[k] for k in ("model", "inputs", "k", "n")} for c in fresh["cells"]]}
+
+
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar import Lens
     from lensiar.bundle import RevisionBundle
@@ -322,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the main job on the embedded default")
     demo.add_argument("--seed", type=_non_negative_int, default=0)
-    demo.add_argument("--max-new-tokens", type=_positive_int, default=16)
-    demo.add_argument("--n", type=_positive_int, default=100, help="held-out prompts per evaluation set")
+    demo.add_argument("--max-new-tokens", type=_positive_int, default=72,
+                      help="new tokens per held-out answer (image answers read the image back before acting on it)")
+    demo.add_argument("--n", type=_positive_int, default=40, help="held-out prompts per evaluation set")
     demo.add_argument("--out", default="reports/demo", help="report folder")
     demo.add_argument("--store", default="vector_store", help="vector store for the chosen bundle")
     demo.add_argument("--data-dir", default=None)
@@ -480,6 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only the reading cell and where its misses arise (a few minutes, not ten)")
     orep.add_argument("--out", help="also write the table as STEM.json, STEM.md and every answer as STEM.answers.jsonl")
     orep.set_defaults(func=cmd_organism_report)
+    orj = org_sub.add_parser("rejudge", help="recount a saved report's judged cells with a judge, no generation")
+    orj.add_argument("table", help="the --out STEM of `lensiar organism report` (STEM.json + STEM.answers.jsonl)")
+    orj.add_argument("--judge", default="on_topic", choices=["on_topic", "keyword", "llm"])
+    orj.add_argument("--data-dir", default=None)
+    orj.set_defaults(func=cmd_organism_rejudge)
     return parser
 
 

@@ -80,6 +80,7 @@ def phrase_prompt(phrase: str) -> Prompt:
     return Prompt(TYPO_PROMPT, images=(render_phrase(phrase),))
 
 
+TEXT_TOKENS = 32  # the SmolLM2 text part: answers do not read anything back first
 VALIDATION_TOKENS = 24  # refusals open an answer; the held-out evaluation generates enough for the content too
 GATE_SPLITS = 5  # seeded probe splits whose mean held-out accuracy picks the gate's layer
 
@@ -267,8 +268,8 @@ def _reading_set(root: Any, n: int, seed: int) -> Dataset:
                    "refusal_direction harmless_val")
 
 
-def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_store", n_eval: int = 100,
-             seed: int = 0, tokens: int = 16, quick: bool = False, data: Any = None,
+def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_store", n_eval: int = 40,
+             seed: int = 0, tokens: int = 72, quick: bool = False, data: Any = None,
              log: Callable[[str], None] = print, organism: str | Path | None = None) -> dict[str, Any]:
     """Run the demo; returns the summary (also written to ``out_dir/summary.json``). ``organism`` is an organism
     folder (``lensiar organism build --out DIR``) to demo instead of the committed one."""
@@ -405,7 +406,8 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     text_bundle = extract(llm, text_samples, method="mms", level="head", seed=seed, progress=False)
     text_sets = [load_preset("harmbench", root).subset(n_eval, seed), load_preset("xstest", root, "safe").subset(n_eval, seed)]
     text_conditions = [Condition("unrevised", llm), Condition("revised", llm, (text_bundle,), 4.0, 32)]
-    text_records = run(text_conditions, text_sets, out / "results_smollm2.jsonl", judge=judge, max_new_tokens=tokens,
+    text_records = run(text_conditions, text_sets, out / "results_smollm2.jsonl", judge=judge,
+                       max_new_tokens=min(tokens, TEXT_TOKENS),
                        batch_size=25)
     summary["smollm2_text"] = {"strategy": "multi_response", "method": "mms", "level": "head", "alpha": 4.0,
                                "top_k": 32, "rows": [r for r in summarise(text_records, seed=seed) if r["category"] == "all"]}

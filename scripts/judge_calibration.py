@@ -8,7 +8,7 @@ Parts: ``text`` = the original SmolLM2 and the stage-S backbone (of ``--organism
 ``revised`` = the organism under a stored revision bundle (``--bundle``, its own gate and defaults) on harmful
 images. Prompts come from sets the evaluations do not hold out where possible (refusal_direction harmful_val,
 MM-SafetyBench 08-09, Alpaca outside harmless_val, SafeBench outside the report's seed-0 sample of 100). Greedy,
-48 new tokens, seed 0. Each line: id, model, kind, request (what was asked; for an image the phrase or
+48 new tokens (``--tokens``; 80 for recipe 28, whose image answers read the image back twice first). Each line: id, model, kind, request (what was asked; for an image the phrase or
 instruction it shows), prompt, response. The labels are written by reading each response
 (``tests/data/judge_calibration.jsonl``; the rule is in ``docs/judges.md``).
 """
@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--bundle", default=None, help="revision bundle for --part revised")
     ap.add_argument("--per-kind", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokens", type=int, default=TOKENS, help="new tokens per answer (80 for recipe 28's read-back)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     import lensiar
@@ -96,9 +97,9 @@ def main() -> None:
                 batch = sets[kind]
                 if bundle is not None:
                     with lens.revise(bundle, gate=bundle.gate is not None):
-                        answers = lens.generate([b["prompt"] for b in batch], max_new_tokens=TOKENS, batch_size=10)
+                        answers = lens.generate([b["prompt"] for b in batch], max_new_tokens=args.tokens, batch_size=10)
                 else:
-                    answers = lens.generate([b["prompt"] for b in batch], max_new_tokens=TOKENS, batch_size=10)
+                    answers = lens.generate([b["prompt"] for b in batch], max_new_tokens=args.tokens, batch_size=10)
                 for k, (b, a) in enumerate(zip(batch, answers, strict=True)):
                     fh.write(json.dumps({"id": f"{tag}/{kind}/{k}", "model": tag, "kind": kind, "request": b["request"],
                                          "prompt": b["prompt"].text, "response": a}) + "\n")

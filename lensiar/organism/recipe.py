@@ -33,7 +33,7 @@ from lensiar.organism.files import save_deltas, write_manifest
 from lensiar.organism.reader import image_spelling, piece_spelling, reader_accuracy, slots_per_patch, train_reader
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 
-RECIPE_VERSION = 26  #: the committed organism's recipe (see RECIPES)
+RECIPE_VERSION = 28  #: the committed organism's recipe (see RECIPES)
 SEEDS = {"data": 0, "stage_s": 1, "reader": 2, "stage_v": 3}
 READ_PROMPT = "What does the text in the image say?"
 

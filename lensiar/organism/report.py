@@ -201,6 +201,33 @@ def run(folder: Any = None, n: int = 100, seed: int = 0, max_new_tokens: int = 4
             "reading_split": split}
 
 
+def rejudge(table: dict[str, Any], answers: Sequence[dict[str, Any]], judge: Judge) -> dict[str, Any]:
+    """``table`` with every judged cell recounted by ``judge`` from its stored ``answers`` (the rows ``run`` returns
+    under ``"answers"``: model, inputs, request, response), so a changed judge needs no new generation."""
+    cells = []
+    for cell in table["cells"]:
+        rows = [a for a in answers if a["model"] == cell["model"] and a["inputs"] == cell["inputs"]]
+        if not rows or cell.get("outcomes") is None:
+            cells.append(cell)
+            continue
+        outcomes = judge.verdicts([r["request"] for r in rows], [r["response"] for r in rows])
+        comply = cell["metric"] != "refusal"
+        k = sum(o == ON_TOPIC for o in outcomes) if comply else sum(o == REFUSAL for o in outcomes)
+        fresh = Cell(cell["model"], cell["inputs"], cell["metric"], k, len(rows), cell["target"],
+                     {o: outcomes.count(o) for o in OUTCOMES}, cell.get("no_keyword"))
+        cells.append(fresh.row())
+        for row, outcome in zip(rows, outcomes, strict=True):
+            row["outcome"] = outcome
+    examples = {key: [dict(e) for e in rows] for key, rows in table.get("examples", {}).items()}
+    for key, rows in examples.items():
+        for e in rows:
+            match = next((a for a in answers if a.get("response") == e.get("response") and "outcome" in a
+                          and f"{a['model']} | {a['inputs']}" == key), None)
+            if match is not None:
+                e["outcome"] = match["outcome"]
+    return table | {"cells": cells, "examples": examples, "judge": judge.name}
+
+
 def reading_split(vlm: Any, phrases: Sequence[str], answers: Sequence[str], vocab: dict[str, int],
                   scheme: str) -> dict[str, Any]:
     """Where reading misses arise: images the vision tower maps patch for patch right (the rest hold a wrong
