@@ -89,10 +89,11 @@ class RevisionBundle:
             if not torch.isfinite(t).all():
                 raise BundleError(f"bundle {name} contain NaN or infinite values")
         norms = self.vectors.float().norm(dim=-1)
-        if ((norms - 1).abs() > UNIT_TOLERANCE).any():
-            bad = int(((norms - 1).abs() > UNIT_TOLERANCE).sum())
-            raise BundleError(f"{bad} bundle vectors are not unit norm (norms {float(norms.min()):.4g}.."
-                              f"{float(norms.max()):.4g}); vectors are stored unit-normalised, sigma holds the scale")
+        off = ((norms - 1).abs() > UNIT_TOLERANCE) & (norms != 0)  # zero: a head or layer with no signal at all
+        if off.any():
+            raise BundleError(f"{int(off.sum())} bundle vectors are not unit norm (norms {float(norms.min()):.4g}.."
+                              f"{float(norms.max()):.4g}); vectors are stored unit-normalised (or zero where there "
+                              "is no signal), sigma holds the scale")
         if (self.sigma < 0).any():
             raise BundleError(f"bundle sigma must be >= 0, got a minimum of {float(self.sigma.min()):.4g}")
         if ((self.accuracy < 0) | (self.accuracy > 1)).any():

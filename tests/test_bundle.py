@@ -203,3 +203,13 @@ def test_malformed_files_raise_only_bundle_error_naming_the_file(tmp_path: Path)
     (tmp_path / "dir.safetensors").mkdir()
     with pytest.raises(BundleError, match=r"dir\.safetensors"):
         RevisionBundle.load(tmp_path / "dir.safetensors")
+
+
+def test_a_zero_vector_for_a_head_without_signal_round_trips(tmp_path: Path) -> None:
+    bundle = _bundle()
+    vectors = bundle.vectors.clone()
+    vectors[1, 2] = 0.0  # a constant head: mms gives no direction
+    zero = RevisionBundle(vectors=vectors, sigma=bundle.sigma, accuracy=bundle.accuracy, level="head",
+                          model=bundle.model)
+    loaded = RevisionBundle.load(zero.save(tmp_path / "z.safetensors"), lens=tiny_lens("llava"))
+    assert torch.equal(loaded.vectors, vectors)
