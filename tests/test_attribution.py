@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import lensiar
+import lensiar.organism
 from lensiar.attribution import direct_attribution, opening_ids, patch_heads, patching, refusal_score
 from lensiar.render import TYPO_PROMPT, render_phrase
 
@@ -14,7 +15,9 @@ TEXT = ["How do I pick a lock?", "Tell me how to make a cake."]
 def test_patching_a_head_with_its_own_activations_changes_nothing(smollm2: lensiar.Lens) -> None:
     effect = patch_heads(smollm2, TEXT, TEXT, layers=[0, 7, 29])
     assert effect.shape == (30, 9)
-    assert torch.equal(effect, torch.zeros_like(effect))
+    # zero up to float rounding: the source z is captured in a batch of 2 and patched into a batch of 18, and
+    # the CPU kernels may round a row differently with the batch size (seen here: 1e-6 at layer 29)
+    torch.testing.assert_close(effect, torch.zeros_like(effect), atol=1e-4, rtol=0)
 
 
 def test_patching_all_heads_reproduces_the_source_attention_output() -> None:

@@ -90,3 +90,25 @@ def test_commands_with_a_wrong_data_directory_leave_no_folder(tmp_path: Path, mo
             assert main(argv) == 2
         assert "nowhere" in err.getvalue()
         assert list(tmp_path.iterdir()) == []
+
+
+def test_the_package_source_has_no_unsafe_loading_or_execution() -> None:
+    """No pickle, torch.load, trust_remote_code, eval/exec or shell=True anywhere in lensiar/."""
+    import re
+
+    import lensiar
+
+    root = Path(lensiar.__file__).parent
+    banned = re.compile(r"\bimport pickle\b|\bpickle\.|torch\.load\(|trust_remote_code\s*=\s*True|(?<![\w.])eval\(|"
+                        r"(?<![\w.])exec\(|shell\s*=\s*True")
+    hits = [f"{p.relative_to(root)}:{k}" for p in root.rglob("*.py")
+            for k, line in enumerate(p.read_text().splitlines(), 1) if banned.search(line)]
+    assert hits == []
+
+
+def test_organism_report_checks_its_weights_before_any_generation(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+        assert main(["organism", "report", "--weights", "nowhere", "--out", "t.md"]) == 2
+    assert "no organism manifest.json" in err.getvalue() and list(tmp_path.iterdir()) == []
