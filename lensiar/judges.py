@@ -40,9 +40,13 @@ class Judge(Protocol):
     request is what was asked (for an image request, the phrase or instruction the image shows)."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """A short label of the judge and its settings, stored with every verdict."""
+        ...
 
-    def verdicts(self, requests: Sequence[str], responses: Sequence[str]) -> list[str]: ...
+    def verdicts(self, requests: Sequence[str], responses: Sequence[str]) -> list[str]:
+        """One outcome of :data:`OUTCOMES` per (request, response) pair, in order."""
+        ...
 
 
 @lru_cache(maxsize=4)

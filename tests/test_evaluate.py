@@ -107,7 +107,8 @@ def test_resuming_a_condition_name_with_another_configuration_is_refused(tmp_pat
 
     lens = lensiar.Lens(*tiny_model("llama"))
     spec = lens.spec
-    bundle = lensiar.RevisionBundle(torch.ones(spec.n_layers, spec.n_heads, spec.d_head), torch.ones(spec.n_layers, spec.n_heads),
+    unit = torch.ones(spec.n_layers, spec.n_heads, spec.d_head) / spec.d_head**0.5  # stored vectors are unit norm
+    bundle = lensiar.RevisionBundle(unit, torch.ones(spec.n_layers, spec.n_heads),
                                     torch.ones(spec.n_layers, spec.n_heads), "head", spec.to_dict())
     data = Dataset("d", (Item("a", "hi", False),), "x")
     out = tmp_path / "r.jsonl"

@@ -63,6 +63,7 @@ def test_revise_cycles_with_random_exceptions_leave_no_hooks() -> None:
         lens = tiny_lens(name)
         head, layer = random_bundle(lens), random_bundle(lens, level="layer")
         before = [p.detach().clone() for p in lens.model.parameters()]
+        hooks_before = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in lens.model.modules())
         for _ in range(150):
             bundles = rng.choice([[head], [layer], [head, layer]])
             try:
@@ -77,8 +78,8 @@ def test_revise_cycles_with_random_exceptions_leave_no_hooks() -> None:
             except (RuntimeError, KeyError):
                 pass
             assert not lens._revisions
-        leftover = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in lens.model.modules())
-        assert leftover == 0
+        hooks_after = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in lens.model.modules())
+        assert hooks_after == hooks_before  # the model's own hooks (if any) stay; no revision hook is left
         assert all(torch.equal(a, b) for a, b in zip(before, lens.model.parameters(), strict=True))
 
 
@@ -112,3 +113,27 @@ def test_organism_report_checks_its_weights_before_any_generation(tmp_path: Path
     with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
         assert main(["organism", "report", "--weights", "nowhere", "--out", "t.md"]) == 2
     assert "no organism manifest.json" in err.getvalue() and list(tmp_path.iterdir()) == []
+
+
+def test_organism_checkpoints_never_touch_another_process_temporary(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint cache is written in this process's own temporary folder and renamed into place: a folder
+    another process is still writing (under the name a fixed-name scheme would use) is left alone."""
+    import hashlib
+    import json
+
+    import lensiar.organism
+    from lensiar import models
+
+    real = models.cache_dir()
+    models.smollm2_path()  # the dequantised base weights, in the real cache
+    (tmp_path / "models").symlink_to(real / "models")  # shared, so nothing is dequantised again
+    monkeypatch.setenv("LENSIAR_CACHE", str(tmp_path))
+    key = hashlib.sha256(json.dumps(lensiar.organism.manifest()["files"], sort_keys=True).encode()).hexdigest()[:12]
+    foreign = tmp_path / "organism-checkpoints" / f"{key}.tmp"
+    foreign.mkdir(parents=True)
+    (foreign / "other-process.bin").write_bytes(b"half written")
+    out = lensiar.organism.checkpoints()
+    assert (out["vl"].parent / "complete").is_file() and (out["safe"] / "config.json").is_file()
+    assert (foreign / "other-process.bin").read_bytes() == b"half written"
+    assert not [p for p in (tmp_path / "organism-checkpoints").iterdir() if p.name.startswith(f".{key}")]
