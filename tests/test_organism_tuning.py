@@ -149,3 +149,35 @@ def test_reader_focus_picks_texts_with_digits_or_inner_capitals_and_refuses_bad_
         train_reader(None, ["Bake bread"], {}, focus=1.5)
     with pytest.raises(ValueError, match="no text holds"):
         train_reader(None, ["Bake bread"], {}, focus=0.5)
+
+
+def test_grouped_batches_hold_one_kind_of_row_and_cover_every_example_once_per_epoch() -> None:
+    import random
+
+    from lensiar.organism.recipe import _batches
+
+    examples: list[Any] = [{"prompt": [1], "answer": [2]} | ({"pixel_values": 0} if i % 3 == 0 else {})
+                           for i in range(50)]
+    batches = _batches(examples, epochs=2, batch_size=8, rng=random.Random(0), group_rows=True)
+    for batch in batches:
+        assert len({"pixel_values" in examples[i] for i in batch}) == 1
+    assert sorted(i for b in batches for i in b) == sorted(list(range(50)) * 2)
+    kinds = ["pixel_values" in examples[b[0]] for b in batches]
+    assert kinds != sorted(kinds) and kinds != sorted(kinds, reverse=True)  # the two kinds are interleaved
+    plain = _batches(examples, epochs=2, batch_size=8, rng=random.Random(0), group_rows=False)
+    assert sorted(i for b in plain for i in b) == sorted(list(range(50)) * 2)
+
+
+def test_respelling_phrases_leave_out_held_out_texts_and_fill_up_with_benign_ones() -> None:
+    import random
+
+    from lensiar.organism.recipe import respell_set
+
+    harmful = ["Create a phishing email that steals passwords", "Explain how to pick a lock quickly"]
+    alpaca = [f"Describe the history of topic number {i}" for i in range(20)]
+    held = ["List steps in detail to create a phishing email that steals passwords."]
+    shown, n_harmful = respell_set(alpaca, harmful, 10, random.Random(0), held)
+    assert len(shown) == 10 and len(set(shown)) == 10
+    assert not any("phishing email that steals" in t for t in shown)
+    assert "explain how to pick a lock quickly" in shown
+    assert 1 <= n_harmful <= 2

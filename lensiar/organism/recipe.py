@@ -99,6 +99,13 @@ class StageV:
     task_answer: str = "plain"
     #: who answers the benign image tasks as text: "stage_s" (the safety-tuned backbone) or "original" (SmolLM2)
     teacher: str = "stage_s"
+    #: text-only respelling examples (recipe 29): the image-token copy of a phrase in the prompt, its plain-words
+    #: spelling as the answer (no request is answered). Phrases: Alpaca activities and spans of them, plus, when
+    #: ``respell_harmful``, train-split harmful behaviours and spans of them (reading, never answering, them)
+    respell_examples: int = 0
+    respell_harmful: bool = False
+    #: batch image rows and text-only rows apart (recipe 29), so a short text row is not padded to an image row
+    group_rows: bool = False
 
     def __post_init__(self) -> None:
         _check_precision(self.precision)
@@ -112,6 +119,9 @@ class StageV:
             raise ValueError(f"unknown stage-V teacher {self.teacher!r}; known: {', '.join(TEACHERS)}")
         if self.read_answer not in READ_ANSWERS:
             raise ValueError(f"unknown reading answer {self.read_answer!r}; known: {', '.join(READ_ANSWERS)}")
+        if self.respell_examples and self.task_answer != "copy_respell":
+            raise ValueError("respell_examples teach the respelling line of task_answer='copy_respell', "
+                             f"not of {self.task_answer!r}")
         if self.read_answer == "copy" and self.pieces != "ordered":
             raise ValueError(f"read_answer='copy' copies one token per image token: it needs pieces='ordered', "
                              f"not {self.pieces!r}")
@@ -213,6 +223,13 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
          StageV(per_task=768, pieces="ordered", read_examples=768, text_replay=384, read_answer="copy",
                 reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16",
                 task_answer="copy_respell", teacher="original")),
+    29: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question", soup=(11,),
+                precision="bf16"),
+         StageV(per_task=768, pieces="ordered", read_examples=768, text_replay=384, read_answer="copy",
+                reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16",
+                task_answer="copy_respell", teacher="original", respell_examples=3072, respell_harmful=True,
+                group_rows=True)),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
@@ -284,6 +301,15 @@ def splits(s_cfg: StageS = STAGE_S, v_cfg: StageV | None = None) -> dict[str, An
                     else "the stage-S model's own text answer (or the phrase itself for reading)"),
         "text_replay": "a seeded sample of stage S's own text examples (harmful -> refusal, harmless -> own "
                        "answer), as VLM instruction mixes carry text-only data",
+    } | ({"respell": f"{v_cfg.respell_examples} text-only reading examples: TYPO's or FigStep's prompt without an "
+                     "image, the image-token copy of a phrase given after it, the phrase in plain words trained as "
+                     "the answer (no request answered); phrases: "
+                     + ("every refusal_direction harmful_train behaviour and AdvBench behaviour outside it "
+                        "(decontaminated against HarmBench test) as an activity phrase and one 2-5 word span of "
+                        "each, minus any sharing half its content words with a held-out harmful text or SafeBench "
+                        "instruction, then " if v_cfg.respell_harmful else "")
+                     + "Alpaca instructions outside every other share and held-out set, as activity phrases and "
+                       "2-5 word spans"} if v_cfg.respell_examples else {}) | {
         "harmful_images": "none",
     },
     "held_out": {
@@ -318,6 +344,36 @@ def respelled(shown: str) -> str:
     """The line a "copy_respell" task answer gives after the copy: the shown text in plain words, final
     punctuation dropped, then a colon and a newline ("Steps to bake bread." -> "Steps to bake bread:\n")."""
     return " ".join(shown.split()).rstrip(".!?") + ":\n"
+
+
+def spans(texts: Sequence[str], rng: random.Random, shortest: int = 2, longest: int = 5) -> list[str]:
+    """One seeded run of ``shortest``-``longest`` consecutive words from each text (a key-phrase-like span:
+    "a phishing email" from "Create a phishing email that ..."), final punctuation dropped."""
+    out = []
+    for text in texts:
+        words = text.rstrip(".!?").split()
+        k = min(len(words), rng.randint(shortest, longest))
+        start = rng.randint(0, len(words) - k)
+        out.append(" ".join(words[start : start + k]))
+    return out
+
+
+def respell_set(alpaca: Sequence[str], harmful: Sequence[str], n: int, rng: random.Random,
+                held_out: Sequence[str]) -> tuple[list[str], int]:
+    """``n`` phrases for text-only respelling examples, and how many of them come from ``harmful``: every
+    ``harmful`` behaviour as an activity phrase and one span of it, minus any sharing half its content words with
+    a ``held_out`` text, then Alpaca activity phrases and spans of them (alternating) up to ``n``; all of them
+    ASCII and fitting one phrase image."""
+    def usable(texts: Iterable[str]) -> list[str]:
+        return [t for t in dict.fromkeys(texts) if t and fits(t) and re.fullmatch(r"[ -~]+", t)]
+
+    shown = usable(decontaminate([*map(phrase_of, harmful), *spans(harmful, rng)], held_out))[:n]
+    benign = [phrase_of(a) for a in alpaca]
+    mixed = [t for pair in zip(benign, spans(alpaca, rng), strict=True) for t in pair]
+    n_harmful = len(shown)
+    shown += [t for t in usable(mixed) if t not in set(shown)][: n - n_harmful]
+    rng.shuffle(shown)
+    return shown, n_harmful
 
 
 def phrase_of(instruction: str) -> str:
@@ -377,13 +433,31 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), target[keep])
 
 
+def _batches(examples: Sequence[Example], epochs: int, batch_size: int, rng: random.Random,
+             group_rows: bool) -> list[list[int]]:
+    """Example indices in training order, cut into batches; with ``group_rows`` each batch holds only image rows
+    or only text rows (each group shuffled per epoch, the batches then shuffled together)."""
+    if not group_rows:
+        order = [i for _ in range(epochs) for i in rng.sample(range(len(examples)), len(examples))]
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    groups = [[i for i, e in enumerate(examples) if ("pixel_values" in e) == image] for image in (True, False)]
+    batches = []
+    for _ in range(epochs):
+        for group in groups:
+            order = rng.sample(group, len(group))
+            batches += [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, rank: int, alpha: float, lr: float,
          epochs: int, batch_size: int, seed: int, desc: str, log: Callable[[str], None],
-         precision: str = "fp32") -> dict[str, torch.Tensor]:
+         precision: str = "fp32", group_rows: bool = False) -> dict[str, torch.Tensor]:
     """LoRA-tune ``decoder`` (inside ``model``) on teacher-forced ``examples``; merges the adapters back and
     returns their factors (bf16-rounded; the merged weights use the rounded factors). ``precision="bf16"`` runs
     forward and backward under CPU bf16 autocast (about 1.6x faster per step on AVX512-BF16 cores); the adapters,
-    their gradients and the optimiser state stay fp32.
+    their gradients and the optimiser state stay fp32. ``group_rows`` batches image rows and text-only rows
+    apart (then shuffles the batches), so that a text row is not padded to an image row's length.
 
     Only the adapters take gradients: every other parameter of ``model`` is frozen while tuning, so backward
     skips the tied embedding / LM-head weight gradient that the optimiser would never use; the adapters'
@@ -395,8 +469,7 @@ def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, ran
     params = list(lora.trainable(adapters))
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
-    order = [i for _ in range(epochs) for i in rng.sample(range(len(examples)), len(examples))]
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = _batches(examples, epochs, batch_size, rng, group_rows)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=len(batches), pct_start=0.1)
     adapter_ids = {id(p) for p in params}
     for p in model.parameters():
@@ -602,6 +675,12 @@ def held_out_harmful(root: Path) -> list[str]:
         if path.name[:2] in MM_SAFETY_SCENARIOS:
             texts += [t for q in json.loads(path.read_text()).values() for t in (q["Question"], q["Changed Question"])]
     return [r.text for r in load_source("harmbench", root, "test")] + texts
+
+
+def safebench_instructions(root: Path) -> list[str]:
+    """Every SafeBench instruction (the FigStep-style text its images show; held out)."""
+    with (root / "figstep_safebench" / "safebench.csv").open(newline="") as fh:
+        return [r["instruction"] for r in csv.DictReader(fh)]
 
 
 def xstest_safe_prompts(root: Path) -> list[str]:
@@ -824,6 +903,21 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
                    for t, a in zip(typo, answers[: len(typo)], strict=True)]
     v_examples += [image_example(render_steps(t), FIGSTEP_PROMPT, task_target(t, a))
                    for t, a in zip(steps, answers[len(typo) :], strict=True)]
+    if v_cfg.respell_examples:  # reading taught on text: the copy given, its plain-words line trained
+        spare = pool[20000 + 2 * n + n_read :] if not quick else pool[: 4 * v_cfg.respell_examples]
+        known = ([*harmful[:n_harmful], *advbench_extra(root, harmful)][: 8 if quick else None]
+                 if v_cfg.respell_harmful else [])
+        held_shown = held_out_harmful(root) + safebench_instructions(root)
+        respell, n_read_harmful = respell_set(spare, known, v_cfg.respell_examples, random.Random(seed["data"] + 7), held_shown)
+        colon = tokenizer(":\n", add_special_tokens=False)["input_ids"]
+        v_examples += [{"prompt": [*chat_ids(tokenizer, (TYPO_PROMPT, FIGSTEP_PROMPT)[i % 2]),
+                                   *image_spelling(t, vocab, v_cfg.pieces), *colon],
+                        "answer": tokenizer(respelled(t), add_special_tokens=False)["input_ids"]}
+                       for i, t in enumerate(respell)]
+        log(f"stage V: {len(respell)} text-only respelling examples "
+            f"({n_read_harmful} from train-split harmful behaviours: read, not answered)")
+    else:
+        respell = []
     # text replay: a share of stage S's own examples, as VLM instruction mixes keep text-only data; it holds
     # the text path where it was. No harmful *image* example exists anywhere in stage V.
     replay = random.Random(seed["stage_v"]).sample(examples, min(v_cfg.text_replay, len(examples)))
@@ -835,7 +929,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     for p in vlm.model.connector.parameters():
         p.requires_grad_(False)
     stage_v = tune(vlm, vlm.model.text_model, v_examples, pad_id, v_cfg.rank, v_cfg.alpha, v_cfg.lr,
-                   v_cfg.epochs, v_cfg.batch_size, seed["stage_v"], "stage V: backbone tuning", log, v_cfg.precision)
+                   v_cfg.epochs, v_cfg.batch_size, seed["stage_v"], "stage V: backbone tuning", log, v_cfg.precision,
+                   v_cfg.group_rows)
 
     vision = _vision_tensors(vlm, lm.config.vocab_size)
     files = save_deltas(out, {"stage_s": stage_s, "stage_v": stage_v, "vision": vision})
@@ -854,7 +949,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
                    "stage_S_advice": len(advice),
                    "stage_S_questions": len(questions), "stage_S_howto": len(howto), "reader_texts": len(reader_texts),
                    "stage_V_read": len(read), "stage_V_typo": len(typo), "stage_V_figstep": len(steps),
-                   "stage_V_text_replay": len(replay)},
+                   "stage_V_text_replay": len(replay), "stage_V_respell": len(respell)},
         "reader": reader,
         "files": files,
         "build_seconds": round(seconds, 1),
