@@ -116,6 +116,8 @@ class RevisionBundle:
                 raise BundleError("bundle gate contains NaN or infinite values")
 
     def _check_defaults(self) -> None:
+        if unknown := sorted(set(self.defaults) - {"alpha", "top_k"}):
+            raise BundleError(f"unknown bundle default(s) {unknown}; known: alpha, top_k")
         alpha, top_k = self.defaults.get("alpha", 1.0), self.defaults.get("top_k", 8)
         if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
             raise BundleError(f"bundle default alpha must be a finite number, got {alpha!r}")

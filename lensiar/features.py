@@ -65,6 +65,8 @@ def sample_activations(
     """Run every sample through ``lens`` once and keep z and the residual at the strategy's positions."""
     if len(samples) == 0:
         raise ValueError("no samples")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     n = len(samples)
     spec = lens.spec
     z = torch.zeros(n, spec.n_layers, spec.n_heads, spec.d_head)

@@ -81,6 +81,9 @@ class Lens:
 
     def attention(self, layer: int) -> nn.Module:
         """The attention module of ``layer`` (``cross_attn`` on Mllama's cross-attention layers)."""
+        n = len(self.layers)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
+            raise ValueError(f"layer must be an integer in [0, {n}), got {layer!r}")
         block = self.layers[layer]
         return getattr(block, attention_name(block, self.arch))
 
@@ -122,6 +125,8 @@ class Lens:
         if _is_batch(prompts):
             assert isinstance(prompts, Mapping)
             return prompts if isinstance(prompts, BatchEncoding) else BatchEncoding(dict(prompts))
+        if not isinstance(prompts, Prompt | str | Sequence):
+            raise TypeError(f"expected a prompt, a list of prompts or a prepared batch, got {type(prompts).__name__}")
         items = [as_prompt(p) for p in ([prompts] if isinstance(prompts, Prompt | str) else prompts)]
         if not items:
             raise ValueError("empty batch: give at least one prompt")
@@ -188,6 +193,10 @@ class Lens:
         return full, mask
 
     def _batches(self, inputs: Inputs, batch_size: int) -> Iterator[BatchEncoding]:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(inputs, Prompt | str | Sequence | Mapping):
+            raise TypeError(f"expected a prompt, a list of prompts or a prepared batch, got {type(inputs).__name__}")
         if _is_batch(inputs):
             yield self.prepare(inputs)
             return

@@ -77,6 +77,9 @@ class TensorRef:
         return n
 
 
+MAX_HEADER_BYTES = 100_000_000  #: the safetensors format's own limit on a header
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
     """Tensor references and ``__metadata__`` of one safetensors file (its header only)."""
     with path.open("rb") as fh:
@@ -84,14 +87,22 @@ def read_header(path: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
         if len(raw) != 8:
             raise MergeError(f"{path} is not a safetensors file (too short)")
         (size,) = struct.unpack("<Q", raw)
+        if size > min(path.stat().st_size - 8, MAX_HEADER_BYTES):
+            raise MergeError(f"{path} is not a safetensors file (header length {size} exceeds the file)")
         try:
             header = json.loads(fh.read(size))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise MergeError(f"{path} has a corrupt safetensors header") from None
     base = 8 + size
+    if not isinstance(header, dict):
+        raise MergeError(f"{path} has a corrupt safetensors header (not a JSON object)")
     meta = header.pop("__metadata__", {}) or {}
-    refs = {name: TensorRef(path, h["dtype"], tuple(h["shape"]), base + h["data_offsets"][0], base + h["data_offsets"][1])
-            for name, h in header.items()}
+    try:
+        refs = {name: TensorRef(path, str(h["dtype"]), tuple(int(d) for d in h["shape"]), base + int(h["data_offsets"][0]),
+                                base + int(h["data_offsets"][1])) for name, h in header.items()}
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise MergeError(f"{path} has a corrupt safetensors header (a tensor entry lacks dtype, shape or "
+                         "data_offsets)") from None
     return refs, meta
 
 

@@ -116,9 +116,14 @@ def _attach(lens: Lens, revision: Revision) -> None:
 
 
 def _bundles(bundles: RevisionBundle | Sequence[RevisionBundle]) -> list[RevisionBundle]:
+    if isinstance(bundles, str | bytes):
+        raise TypeError(f"revise takes RevisionBundle objects, got the string {bundles!r}; load a file with "
+                        "RevisionBundle.load(path, lens=lens) or a stored one with VectorStore(...).load(name, lens=lens)")
     items = [bundles] if isinstance(bundles, RevisionBundle) else list(bundles)
     if not items:
         raise RevisionError("no bundle given")
+    if wrong := [type(b).__name__ for b in items if not isinstance(b, RevisionBundle)]:
+        raise TypeError(f"revise takes RevisionBundle objects, got {', '.join(wrong)}")
     return items
 
 
@@ -135,9 +140,11 @@ def _check_top_k(top_k: int | None) -> None:
         raise ValueError(f"top_k must be an integer >= 1 (or None for the bundle's default), got {top_k!r}")
 
 
-def _check_gate(gate: Gate, n_layers: int) -> None:
+def _check_gate(gate: Gate, n_layers: int, d_model: int) -> None:
     if not 0 <= gate.layer < n_layers:
         raise RevisionError(f"gate layer {gate.layer} is out of range")
+    if tuple(gate.weight.shape) != (d_model,):
+        raise RevisionError(f"gate weight has shape {tuple(gate.weight.shape)}; this model needs ({d_model},)")
     if not torch.isfinite(gate.weight).all() or not math.isfinite(gate.bias) or not 0 <= gate.threshold <= 1:
         raise ValueError("gate has NaN or infinite weights or bias, or a threshold outside [0, 1]")
 
@@ -175,7 +182,7 @@ def revise(
             else:
                 chosen_gate = gate or None
             if chosen_gate is not None:
-                _check_gate(chosen_gate, lens.spec.n_layers)
+                _check_gate(chosen_gate, lens.spec.n_layers, lens.spec.d_model)
             make = head_shifts if bundle.level == "head" else layer_shifts
             revision = Revision(bundle.level, make(bundle, a, top_k, layers), chosen_gate)
             revisions.append(revision)

@@ -146,6 +146,10 @@ def build_samples(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be an integer >= 1 (or None for all prompts), got {n!r}")
+    if isinstance(n_responses, bool) or not isinstance(n_responses, int) or n_responses < 1:
+        raise ValueError(f"n_responses must be an integer >= 1, got {n_responses!r}")
     rng = random.Random(seed)
     given_prompts = {i: p for i, p in enumerate(harmful or []) if isinstance(p, Prompt)}
     harm = _as_records(harmful, "harmful") if harmful is not None else load_source("advbench", data_dir)
@@ -187,8 +191,13 @@ def build_samples(
             else:
                 raise ValueError(f"{rec.id} has no target string to build a compliant answer from; "
                                  "give compliances= (e.g. the model's own completions) or use AdvBench/HarmBench")
-            refused = rng.sample(pool, min(per, len(pool)))
-            complied = complied[:per] if strategy == "multi_response" else complied[:1]
+            k = min(per, len(pool), len(complied))  # as many refusals as compliant answers: balanced classes
+            if k < per:
+                raise ValueError(f"n_responses={per} but {rec.id} has {len(complied)} compliant answer(s) and "
+                                 f"{len(pool)} refusal text(s): the classes would be unbalanced; lower n_responses "
+                                 "or give more compliances= / refusals=")
+            refused = rng.sample(pool, k)
+            complied = complied[:k]
             for j, text in enumerate(refused):
                 samples.append(Sample(f"{rec.id}+refusal{j}", prompt_of(i), 1, rec.id, text))
             for j, text in enumerate(complied):

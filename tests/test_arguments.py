@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,50 @@ def test_python_dash_m_lensiar_and_debug_traceback(tmp_path: Path) -> None:
     assert quiet.returncode == 2 and "line 1 is not valid JSON" in quiet.stderr and "Traceback" not in quiet.stderr
     loud = _cli("--debug", "judge-agreement", "--labels", "bad.jsonl", "--judges", "keyword", cwd=tmp_path)
     assert loud.returncode != 0 and "Traceback" in loud.stderr
+
+
+def _api_cases() -> list[tuple[str, Any, type[Exception], str]]:
+    import torch
+
+    from lensiar import Gate, RevisionError, build_samples, probe_heads
+    from lensiar.bundle import BundleError
+    from tests.test_revision import random_bundle
+
+    lens = tiny_lens("llava")
+    layer = random_bundle(lens, level="layer")
+    samples = build_samples("query", n=4, seed=0)
+    d = lens.spec.d_model
+    return [
+        ("generate batch_size=0", lambda: lens.generate(["hi"], batch_size=0), ValueError, "batch_size"),
+        ("forward(None)", lambda: lens.forward(None), TypeError, "NoneType"),
+        ("revise('name')", lambda: lens.revise("b").__enter__(), TypeError, "RevisionBundle.load"),
+        ("revise([1])", lambda: lens.revise([1]).__enter__(), TypeError, "int"),
+        ("gate of the wrong width", lambda: lens.revise(layer, gate=Gate(0, torch.zeros(3), 0.0)).__enter__(),
+         RevisionError, f"needs \\({d},\\)"),
+        ("build_samples n=0", lambda: build_samples("query", n=0), ValueError, "n must be"),
+        ("build_samples n=-2", lambda: build_samples("query", n=-2), ValueError, "n must be"),
+        ("build_samples n_responses=0", lambda: build_samples("multi_response", n=4, n_responses=0), ValueError,
+         "n_responses must be"),
+        ("multi_response unbalanced", lambda: build_samples("multi_response", n=4, n_responses=8), ValueError,
+         "unbalanced"),
+        ("probe batch_size=0", lambda: probe_heads(lens, samples, batch_size=0, progress=False), ValueError,
+         "batch_size"),
+        ("unknown bundle default", lambda: random_bundle(lens, defaults={"alpah": 1.0}), BundleError, "alpah"),
+        ("o_proj(-1)", lambda: lens.o_proj(-1), ValueError, "layer must be"),
+        ("attention(True)", lambda: lens.attention(True), ValueError, "layer must be"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(13))
+def test_bad_api_arguments_get_a_clear_error_naming_them(case: int) -> None:
+    _name, call, error, match = _api_cases()[case]
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_multi_response_classes_are_balanced() -> None:
+    from lensiar import build_samples
+
+    samples = build_samples("multi_response", n=6, n_responses=3, seed=0)
+    labels = [s.label for s in samples.samples]
+    assert labels.count(1) == labels.count(0) == 18

@@ -171,3 +171,171 @@ def store_fuzz(cases: int, seed: int = 0) -> Counter[str]:
             counts[outcome] += 1
             store.index_path.write_text(good)
     return counts
+
+
+def revise_fuzz(lens: Any, cycles: int, seed: int = 0, prompt: str = "hi there") -> Counter[str]:
+    """``cycles`` random revision blocks on ``lens``: head level, layer level or both, gated or not, nested, with a
+    forward or a short ``generate`` inside, and exceptions raised inside the block, inside a nested block or from a
+    hook in the middle of generation (``raised_in_*`` counts those that reached the caller). Outcomes per cycle: ``clean``, ``leftover_hooks`` (a hook or a registered
+    revision survived the block), ``crash`` (an exception other than the one raised on purpose); and, once at the
+    end, ``weights_changed`` when any parameter differs from before."""
+    from lensiar.bundle import RevisionBundle
+    from lensiar.probes import Gate
+
+    rng = random.Random(seed)
+    s = lens.spec
+    g = torch.Generator().manual_seed(seed)
+
+    def unit(*shape: int) -> torch.Tensor:
+        v = torch.randn(*shape, generator=g)
+        return v / v.norm(dim=-1, keepdim=True)
+
+    gate = Gate(layer=s.n_layers // 2, weight=torch.randn(s.d_model, generator=g), bias=0.0)
+    bundles = [RevisionBundle(vectors=unit(s.n_layers, s.n_heads, s.d_head), sigma=torch.rand(s.n_layers, s.n_heads,
+                                                                                               generator=g) + 0.5,
+                              accuracy=torch.rand(s.n_layers, s.n_heads, generator=g), level="head", model=s.to_dict(),
+                              gate=gate),
+               RevisionBundle(vectors=unit(s.n_layers, s.d_model), sigma=torch.rand(s.n_layers, generator=g) + 0.5,
+                              accuracy=torch.rand(s.n_layers, generator=g), level="layer", model=s.to_dict())]
+
+    def hook_count() -> int:
+        return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in lens.model.modules())
+
+    class Planned(Exception):
+        """The exception a cycle raises on purpose."""
+
+    def raise_after(calls: int) -> Callable[..., None]:
+        seen = [0]
+
+        def hook(*_: Any) -> None:
+            seen[0] += 1
+            if seen[0] > calls:
+                raise Planned("raised inside generation")
+        return hook
+
+    weights = [p.detach().clone() for p in lens.model.parameters()]
+    hooks = hook_count()
+    counts: Counter[str] = Counter()
+    for _ in range(cycles):
+        chosen = rng.choice([[bundles[0]], [bundles[1]], bundles])
+        gated = rng.random() < 0.3 and chosen[0].gate is not None
+        where = rng.choice(["block", "nested", "generation", "none"])
+        handle = None
+        try:
+            with lens.revise(chosen[0] if gated else chosen, alpha=rng.uniform(-3, 3), top_k=rng.randint(1, 4),
+                             gate=gated):
+                if rng.random() < 0.5:
+                    with lens.revise(bundles[1], alpha=1.0):
+                        if where == "nested":
+                            raise Planned("inner")
+                if rng.random() < 0.5 or where == "generation":
+                    if where == "generation":  # a hook of the user's that raises a few steps into generation
+                        handle = lens.o_proj(rng.randrange(s.n_layers)).register_forward_hook(
+                            raise_after(rng.randint(0, 3)))
+                    lens.generate([prompt], max_new_tokens=rng.randint(1, 4))
+                else:
+                    lens.forward([prompt])
+                if where == "block":
+                    raise Planned("outer")
+        except Planned:
+            counts[f"raised_in_{where}"] += 1
+        except Exception:
+            counts["crash"] += 1
+        finally:
+            if handle is not None:
+                handle.remove()
+        counts["leftover_hooks" if lens._revisions or hook_count() != hooks else "clean"] += 1
+    if not all(torch.equal(a, b) for a, b in zip(weights, lens.model.parameters(), strict=True)):
+        counts["weights_changed"] += 1
+    return counts
+
+
+def cli_fuzz(cases: int, seed: int = 0, failures: list[tuple[str, list[str], str]] | None = None) -> Counter[str]:
+    """``cases`` CLI invocations, each with one or two bad arguments drawn from a table (bad numbers, non-ASCII
+    digits, NaN, missing or wrong-kind files, outputs in a missing folder or on a folder, unknown choices) on a
+    saved tiny model. Outcomes: ``refused`` (exit 2, no traceback, nothing written), ``traceback``, ``accepted``
+    (exit 0 on bad input), ``left_files`` (refused but wrote something) and ``other_exit``. ``failures``, if
+    given, collects (outcome, argv, stderr's last line) for every case that was not refused cleanly."""
+    import contextlib
+    import io
+    import os
+    import shutil
+
+    from lensiar.cli import main
+    from lensiar.testing import tiny_model
+
+    rng = random.Random(seed)
+    counts: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model, tokenizer = tiny_model("llama")
+        model.save_pretrained(root / "model")
+        tokenizer.save_pretrained(root / "model")
+        (root / "garbage.bin").write_bytes(b"\x00not a file of any kind")
+        (root / "a_folder").mkdir()
+        m = str(root / "model")
+        missing, garbage, folder = str(root / "missing.x"), str(root / "garbage.bin"), str(root / "a_folder")
+        unwritable = "/proc/lensiar-fuzz/out.x"  # a folder nobody may create
+        numbers = ["0", "-3", "x", "nan", "inf", "\u0663", "", "1.5"]
+        table: list[tuple[list[str], dict[str, list[str]]]] = [
+            (["probe", m, "--n", "8"], {"--n": numbers, "--val-fraction": ["x", "nan", "-0.1", "1.5", "1", "0"],
+                                        "--seed": ["-1", "x"], "--data-dir": [missing, garbage],
+                                        "--top-k": numbers, "--n-responses": ["0", "-2"], "--strategy": ["nosuch"],
+                                        "--out": [unwritable, folder]}),
+            (["extract", m, "--n", "8", "--out", "b.safetensors"],
+             {"--alpha": ["nan", "inf", "x", ""], "--top-k": numbers, "--method": ["nosuch"], "--level": ["x"],
+              "--data-dir": [missing, garbage], "--out": [unwritable, folder]}),
+            (["eval", m, "--preset", "xstest", "--n", "2", "--out", "r.jsonl"],
+             {"--batch-size": numbers, "--max-new-tokens": numbers, "--preset": ["nosuch", "xstest:nosuch"],
+              "--file": [missing, folder, garbage], "--bundle": [missing, garbage, folder], "--judge": ["gpt"],
+              "--alpha": ["nan"], "--n": numbers, "--out": [unwritable, folder]}),
+            (["revise", m, "--prompt", "hi", "--bundle", garbage],
+             {"--bundle": [missing, garbage, folder], "--alpha": ["nan", "x"], "--top-k": numbers,
+              "--image": [missing, garbage], "--max-new-tokens": numbers}),
+            (["capture", m, "--prompt", "hi", "--out", "c.safetensors", "--names", "nonsense"],
+             {"--names": ["blocks.99.attn.hook_z", "nonsense", "blocks.\u0663.attn.hook_z"], "--positions": ["x"],
+              "--image": [missing, garbage], "--out": [unwritable, folder]}),
+            (["spec", missing], {}),
+            (["judge-agreement", "--labels", missing], {"--labels": [missing, garbage, folder],
+                                                        "--judges": ["", ",", "gpt"]}),
+            (["organism", "report", "--weights", missing, "--out", "t"],
+             {"--weights": [missing, garbage], "--n": numbers, "--image-tokens": numbers}),
+            (["organism", "build", "--quick", "--out", "o", "--recipe", "999"],
+             {"--recipe": ["999", "x", "-1"], "--seed": ["nosuch=1", "data=x", "data"], "--reuse": [missing, garbage]}),
+            (["store", "--store", folder, "show", "nosuch"], {}),
+            (["store", "--store", folder, "export-gguf", "nosuch", "--out", "g.gguf"], {"--top-k": numbers}),
+            (["merge", "--base", missing, "--safe", m, "--vl", m, "--lambda", "0.5", "--out", "merged"],
+             {"--lambda": ["nan", "x"], "--base": [missing, garbage], "--layers": ["99", "-1", "x", ""],
+              "--out": [unwritable]}),
+        ]
+        work = root / "cwd"
+        for _ in range(cases):
+            argv, options = rng.choice(table)
+            argv = list(argv)
+            for name in rng.sample(sorted(options), min(len(options), rng.randint(1, 2))):
+                value = rng.choice(options[name])
+                if name in argv:
+                    argv[argv.index(name) + 1] = value
+                else:
+                    argv += [name, value]
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            here = os.getcwd()
+            err = io.StringIO()
+            os.chdir(work)
+            try:
+                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                    try:
+                        code = main(argv)
+                    except SystemExit as exc:  # argparse's own refusals
+                        code = exc.code if isinstance(exc.code, int) else 2
+            finally:
+                os.chdir(here)
+            wrote = any(work.iterdir())
+            outcome = ("traceback" if "Traceback" in err.getvalue() else "accepted" if code == 0 else
+                       "other_exit" if code != 2 else "left_files" if wrote else "refused")
+            counts[outcome] += 1
+            if outcome != "refused" and failures is not None:
+                lines = err.getvalue().strip().splitlines()
+                failures.append((outcome, [a.replace(str(root), "$TMP") for a in argv], lines[-1] if lines else ""))
+    return counts
