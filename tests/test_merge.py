@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,34 @@ def test_overwrite_replaces_only_an_earlier_merge_and_layers_are_checked(trio: d
         with pytest.raises(MergeError, match="layer"):
             merge(trio["base"], trio["safe"], trio["vl"], tmp_path / "bad", 0.5, layers=layers, progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_no_operation_changes_the_weights_it_reads(trio: dict[str, Path], tmp_path: Path) -> None:
+    """sha256 of every weight before and after probe, extract, revise (with generate) and bake on a live model,
+    and of every input file before and after merge."""
+    import hashlib
+
+    import lensiar
+    from tests.conftest import tiny_lens
+
+    def digest(tensors: Iterable[torch.Tensor]) -> str:
+        h = hashlib.sha256()
+        for t in tensors:
+            h.update(t.detach().float().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    lens = tiny_lens("llava")
+    before = digest(lens.model.state_dict().values())
+    samples = lensiar.build_samples("query", n=6, seed=0)
+    ranking = lensiar.probe_heads(lens, samples, progress=False)
+    bundle = lensiar.extract(lens, samples, ranking=ranking, progress=False)
+    with lens.revise(bundle, alpha=2.0, top_k=2):
+        lens.generate(["hello"], max_new_tokens=3)
+    baked = lens.bake(bundle, alpha=2.0, top_k=2)
+    assert digest(baked.state_dict().values()) != before  # the copy is revised...
+    assert digest(lens.model.state_dict().values()) == before  # ...the model itself is not
+
+    files = sorted(p for key in ("base", "safe", "vl") for p in trio[key].iterdir())
+    hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    merge(trio["base"], trio["safe"], trio["vl"], tmp_path / "m", 0.5, chunk_bytes=1000, progress=False)
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in files] == hashes
