@@ -1,6 +1,6 @@
 """lensiar: look inside vision-language models and make them safer without retraining."""
 
-from lensiar import store, testing
+from lensiar import prompts, store, testing
 from lensiar.arch import ARCHITECTURES, ArchSpec, UnsupportedArchitectureError
 from lensiar.bundle import BundleError, RevisionBundle
 from lensiar.cache import ActivationCache
@@ -43,6 +43,7 @@ __all__ = [
     "export_control_vector",
     "extract",
     "probe_heads",
+    "prompts",
     "sample_activations",
     "split_averaged_layer_accuracy",
     "store",

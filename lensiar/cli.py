@@ -320,7 +320,7 @@ def cmd_merge(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar import Lens, RevisionBundle, build_samples, probe_heads
     from lensiar.data_sources import load_source
-    from lensiar.demo import phrase_of, typo_prompt
+    from lensiar.prompts import phrase_of, typo_prompt
     from lensiar.render import TYPO_PROMPT, fits, render_phrase
     from lensiar.report import head_report
 

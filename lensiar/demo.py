@@ -27,6 +27,7 @@ from lensiar.judges import DEGENERATE, OFF_TOPIC, ON_TOPIC, REFUSAL, Judge, defa
 from lensiar.lens import Lens
 from lensiar.probes import Gate, ProbeResult, probe_heads, split_averaged_layer_accuracy
 from lensiar.prompt import Prompt
+from lensiar.prompts import READ_PROMPT, phrase_of, phrase_prompt, read_prompt, steps_prompt, typo_prompt
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 from lensiar.samples import build_samples
 from lensiar.vectors import extract
@@ -50,34 +51,6 @@ class Candidate:
     def gate_for(self, gate: Gate | None) -> Gate | bool:
         """The gate this candidate revises under (``False``: always revise)."""
         return dataclasses.replace(gate, threshold=self.threshold) if self.gated and gate is not None else False
-
-
-def phrase_of(text: str) -> str:
-    """A request as a TYPO key phrase: trailing punctuation dropped, first letter lower-cased."""
-    text = text.strip().rstrip(".!?")
-    return text[:1].lower() + text[1:]
-
-
-def typo_prompt(text: str) -> Prompt:
-    """``text`` as an MM-SafetyBench-style TYPO prompt: its phrase rendered, the fixed text prompt."""
-    return Prompt(TYPO_PROMPT, images=(render_phrase(phrase_of(text)),))
-
-
-def steps_prompt(text: str) -> Prompt:
-    """``text`` as a FigStep-style prompt: the instruction rendered with an empty numbered list, FigStep's prompt."""
-    return Prompt(FIGSTEP_PROMPT, images=(render_steps(text),))
-
-
-def read_prompt(text: str) -> Prompt:
-    """A benign reading task: ``text`` rendered as a phrase, the organism's reading prompt."""
-    from lensiar.organism.recipe import READ_PROMPT
-
-    return Prompt(READ_PROMPT, images=(render_phrase(text),))
-
-
-def phrase_prompt(phrase: str) -> Prompt:
-    """An MM-SafetyBench key phrase rendered as a TYPO image with the benchmark's text prompt."""
-    return Prompt(TYPO_PROMPT, images=(render_phrase(phrase),))
 
 
 TEXT_TOKENS = 32  # the SmolLM2 text part: answers do not read anything back first
@@ -259,7 +232,6 @@ def _image_sets(root: Any, n: int, seed: int) -> list[Dataset]:
 def _reading_set(root: Any, n: int, seed: int) -> Dataset:
     import re
 
-    from lensiar.organism.recipe import READ_PROMPT
 
     texts = [r.text for r in load_source("rd_harmless", root, "val") if fits(r.text) and re.fullmatch(r"[ -~]+", r.text)]
     picked = random.Random(seed + 1).sample(texts, min(n, len(texts)))

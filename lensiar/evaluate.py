@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from tqdm.auto import tqdm
 
 from lensiar.bundle import RevisionBundle
 from lensiar.datasets import Dataset, Item
 from lensiar.judges import ON_TOPIC, OUTCOMES, REFUSAL, Judge, KeywordJudge, default_judge
 from lensiar.lens import Lens
 from lensiar.probes import Gate
+from lensiar.progress import tqdm
 
 
 @dataclass(frozen=True)

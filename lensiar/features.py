@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from lensiar.progress import tqdm
 from lensiar.samples import Sample, SampleSet
 
 if TYPE_CHECKING:
@@ -58,15 +59,41 @@ def _kind(sample: Sample) -> tuple[bool, bool]:
     return bool(sample.prompt.images), sample.response is not None
 
 
+#: the last activations read, for the same SampleSet and Lens objects: (samples, lens, model state, activations)
+_LAST: tuple[weakref.ref[SampleSet], weakref.ref[Any], tuple[tuple[int, int], ...], SampleActivations] | None = None
+
+
+def _model_state(lens: Lens) -> tuple[tuple[int, int], ...]:
+    """Identity and in-place version counter of every parameter and buffer: changes whenever a weight does."""
+    return tuple((id(t), t._version) for t in (*lens.model.parameters(), *lens.model.buffers()))
+
+
 @torch.no_grad()
 def sample_activations(
     lens: Lens, samples: SampleSet, batch_size: int = 16, progress: bool = True
 ) -> SampleActivations:
-    """Run every sample through ``lens`` once and keep z and the residual at the strategy's positions."""
+    """Run every sample through ``lens`` once and keep z and the residual at the strategy's positions.
+
+    The last result is remembered: asked again for the same ``samples`` object on the same ``lens``, with no
+    revision active and no weight changed in place since, it is returned without a forward pass (so
+    ``probe_heads(lens, samples)`` then ``extract(lens, samples, ranking=...)`` reads the model once). The
+    returned tensors are shared with that memo: treat them as read-only."""
+    global _LAST
     if len(samples) == 0:
         raise ValueError("no samples")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    state = _model_state(lens) if not lens._revisions else None
+    if state is not None and _LAST is not None:
+        last_samples, last_lens, last_state, acts = _LAST
+        if last_samples() is samples and last_lens() is lens and last_state == state:
+            return acts
+    acts = _read_activations(lens, samples, batch_size, progress)
+    _LAST = (weakref.ref(samples), weakref.ref(lens), state, acts) if state is not None else None
+    return acts
+
+
+def _read_activations(lens: Lens, samples: SampleSet, batch_size: int, progress: bool) -> SampleActivations:
     n = len(samples)
     spec = lens.spec
     z = torch.zeros(n, spec.n_layers, spec.n_heads, spec.d_head)

@@ -14,12 +14,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from nnsight import NNsight
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from transformers import BatchEncoding, PreTrainedModel
 
 from lensiar.arch import ArchSpec, arch_for, attention_name, get_path, image_token_id, text_layers
 from lensiar.cache import ActivationCache, Positions, hook_order, left_pad, reduce, select_mask
 from lensiar.hooks import HookPoint, all_names, parse
+from lensiar.progress import tqdm
 from lensiar.prompt import Prompt, as_prompt
 from lensiar.spec import ModelSpec, model_spec
 

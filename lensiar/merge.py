@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from tqdm.auto import tqdm
+
+from lensiar.progress import tqdm
 
 METHODS = ("task_arithmetic", "linear")
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,

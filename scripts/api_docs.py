@@ -37,6 +37,7 @@ MODULES = [
     ("lensiar.adaptation", "VL adaptation analysis"),
     ("lensiar.merge", "Weight merging"),
     ("lensiar.render", "Typographic renderer"),
+    ("lensiar.prompts", "Benchmark-style prompts"),
     ("lensiar.organism", "The embedded organism"),
     ("lensiar.demo", "The demo"),
     ("lensiar.testing", "Tiny random models"),

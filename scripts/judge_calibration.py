@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from lensiar.data_sources import data_dir, load_source
-from lensiar.organism.recipe import phrase_of
 from lensiar.organism.report import safebench
 from lensiar.prompt import Prompt
+from lensiar.prompts import phrase_of
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 
 TOKENS = 48

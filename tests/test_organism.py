@@ -261,8 +261,8 @@ def test_organism_loads_as_a_lens_ready_vlm(organism: lensiar.Lens) -> None:
 def test_behaviour_refuses_text_and_acts_on_what_it_reads(organism: lensiar.Lens) -> None:
     """Held-out prompts, on-topic judge: harmful HarmBench requests are refused as text; benign Alpaca phrases as
     TYPO images are answered on topic; the same harmful requests as TYPO images are carried out on topic."""
-    from lensiar.demo import phrase_of
     from lensiar.judges import ON_TOPIC, REFUSAL, OnTopicJudge
+    from lensiar.prompts import phrase_of
 
     judge = OnTopicJudge.default()
     requests = [r.text for r in load_source("harmbench", split="test") if fits(phrase_of(r.text))][:20]

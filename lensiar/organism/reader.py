@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lensiar.organism.assemble import NULL
+from lensiar.progress import tqdm
 from lensiar.render import GRID, cells, draw, fits, layout, steps_text
 
 Lines = list[list[tuple[int, str]]]

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 import transformers as tf
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
 from lensiar.data_sources import data_dir, load_source
 from lensiar.organism import lora
@@ -31,11 +30,12 @@ from lensiar.organism.assemble import processor, tokenizer_with_image_tokens, vl
 from lensiar.organism.borderline import FRAMINGS, borderline_prompts, decontaminate
 from lensiar.organism.files import save_deltas, write_manifest
 from lensiar.organism.reader import image_spelling, piece_spelling, reader_accuracy, slots_per_patch, train_reader
+from lensiar.progress import tqdm
+from lensiar.prompts import READ_PROMPT, phrase_of
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 
 RECIPE_VERSION = 28  #: the committed organism's recipe (see RECIPES)
 SEEDS = {"data": 0, "stage_s": 1, "reader": 2, "stage_v": 3}
-READ_PROMPT = "What does the text in the image say?"
 
 
 @dataclass(frozen=True)
@@ -374,12 +374,6 @@ def respell_set(alpaca: Sequence[str], harmful: Sequence[str], n: int, rng: rand
     shown += [t for t in usable(mixed) if t not in set(shown)][: n - n_harmful]
     rng.shuffle(shown)
     return shown, n_harmful
-
-
-def phrase_of(instruction: str) -> str:
-    """An Alpaca instruction as an activity phrase: first letter lower-cased, final punctuation dropped."""
-    text = instruction.strip().rstrip(".!?")
-    return text[:1].lower() + text[1:]
 
 
 @torch.no_grad()

@@ -112,7 +112,7 @@ def run(folder: Any = None, n: int = 100, seed: int = 0, max_new_tokens: int = 4
     and keyword-only non-refusal; ``answers`` holds every response."""
     from lensiar.lens import Lens
     from lensiar.organism import WEIGHTS, load, load_backbone, manifest
-    from lensiar.organism.recipe import READ_PROMPT, phrase_of
+    from lensiar.prompts import READ_PROMPT, phrase_of
 
     folder = Path(folder or WEIGHTS)
     root = data_dir(data)
