@@ -143,6 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     summary = run_demo(args.out, store=args.store, n_eval=args.n, seed=args.seed, tokens=args.max_new_tokens,
                        quick=args.quick, data=args.data_dir, log=lambda line: print(line, file=sys.stderr),
                        organism=args.organism)
+    print("\n" + (Path(args.out) / "summary.md").read_text(), file=sys.stderr)
     print(f"report written to {Path(args.out).resolve()}/summary.md", file=sys.stderr)
     return {"report": str(Path(args.out) / "summary.md"), "chosen": summary.get("chosen"),
             "organism": summary["organism"], "seconds": summary["seconds"]}

@@ -133,18 +133,33 @@ def alpha_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-class Laps:
-    """Wall-clock seconds per phase: each call closes the phase running since the previous call (or creation)."""
+#: the demo's phases and their seconds in a measured full run (recipe v28, 2 cores; the box shared): the ETA
+#: printed after each phase scales the phases left by how this run compares so far
+PHASES = {"organism: load, samples, activations, head probes": 41.1, "organism: extraction and gate": 70.5,
+          "organism: validation grid": 243.6, "organism: held-out evaluation": 341.1,
+          "SmolLM2: text revision and evaluation": 69.0}
 
-    def __init__(self) -> None:
+
+class Laps:
+    """Wall-clock seconds per phase: each call closes the phase running since the previous call (or creation),
+    and logs it with a rough ETA for the phases left (:data:`PHASES`)."""
+
+    def __init__(self, log: Callable[[str], None] | None = None) -> None:
         self.seconds: dict[str, float] = {}
         self._mark = time.perf_counter()
+        self._log = log
 
     def __call__(self, name: str) -> None:
         """Record the seconds since the last lap under ``name`` and start the next phase."""
         now = time.perf_counter()
         self.seconds[name] = round(now - self._mark, 1)
         self._mark = now
+        if self._log is not None:
+            done = [k for k in PHASES if k in self.seconds]
+            pace = sum(self.seconds[k] for k in done) / max(1e-9, sum(PHASES[k] for k in done)) if done else 1.0
+            left = sum(v for k, v in PHASES.items() if k not in self.seconds) * pace
+            self._log(f"[{len(self.seconds)}/{len(PHASES)}] {name}: {self.seconds[name]:.0f} s"
+                      + (f"; about {left / 60:.0f} min left" if left else ""))
 
 
 Asked = tuple[Prompt, str]  #: a prompt and what it asks (for an image request, the phrase or instruction it shows)
@@ -157,7 +172,7 @@ def _rates(lens: Lens, harmful: Sequence[Asked], harmless: Sequence[Asked], judg
     ``over_refusal`` = harmless ones refused, ``helpfulness`` = harmless ones answered in words (neither refused
     nor empty or degenerate), ``silent`` = harmful ones empty or degenerate."""
     asked = [*harmful, *harmless]
-    out = lens.generate([p for p, _ in asked], max_new_tokens=tokens, batch_size=32)
+    out = lens.generate([p for p, _ in asked], max_new_tokens=tokens, batch_size=32, progress=True)
     verdicts = judge.verdicts([q for _, q in asked], out)
     harm, benign = verdicts[: len(harmful)], verdicts[len(harmful) :]
     return {"asr": 1 - sum(v == REFUSAL for v in harm) / max(1, len(harm)),
@@ -249,7 +264,7 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     from lensiar.store import VectorStore
 
     t0 = time.perf_counter()
-    laps = Laps()
+    laps = Laps(log)
     root = data_dir(data)  # before anything is written: a wrong data directory leaves no folder behind
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -305,7 +320,7 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     # 25% split of these prompts is 96 items, and its best layer moved from 7 to 26 between recipes v25 and v26
     # on a 4-prompt gap; the five splits' own best layers were 26, 21, 22, 22 and 7 on recipe v26)
     gate_acts = sample_activations(lens, build_samples("query", harmful=gate_h, harmless=gate_b, n=len(gate_h),
-                                                       seed=seed), progress=False)
+                                                       seed=seed), progress=True)
     gate_accuracy = split_averaged_layer_accuracy(gate_acts, range(seed, seed + GATE_SPLITS))
     gate_layer = int(gate_accuracy.argmax())  # ties: the lowest layer
     gate = probe_heads(None, gate_acts, seed=seed, progress=False).gate(layer=gate_layer, images_only=True)
@@ -375,7 +390,7 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     # ------------------------------------------------------------------ SmolLM2, text only
     llm = Lens.from_pretrained("smollm2-135m-instruct")
     text_samples = build_samples("multi_response", n=24 if quick else 64, n_responses=2, seed=seed)
-    text_bundle = extract(llm, text_samples, method="mms", level="head", seed=seed, progress=False)
+    text_bundle = extract(llm, text_samples, method="mms", level="head", seed=seed, progress=True)
     text_sets = [load_preset("harmbench", root).subset(n_eval, seed), load_preset("xstest", root, "safe").subset(n_eval, seed)]
     text_conditions = [Condition("unrevised", llm), Condition("revised", llm, (text_bundle,), 4.0, 32)]
     text_records = run(text_conditions, text_sets, out / "results_smollm2.jsonl", judge=judge,
