@@ -1,5 +1,11 @@
 """lensiar: look inside vision-language models and make them safer without retraining."""
 
+import warnings as _warnings
+
+# tqdm.auto (imported by transformers) warns in a Jupyter without ipywidgets and then prints plain-text bars,
+# which is what lensiar.progress does anyway: the warning says nothing a user can act on
+_warnings.filterwarnings("ignore", message="IProgress not found")
+
 from lensiar import prompts, store, testing
 from lensiar.arch import ARCHITECTURES, ArchSpec, UnsupportedArchitectureError
 from lensiar.bundle import BundleError, RevisionBundle

@@ -1,4 +1,5 @@
-"""Every notebook in notebooks/ runs top to bottom in a fresh kernel; their cells assert the key results."""
+"""Every notebook in notebooks/ is committed executed (outputs and PNG plots, no widget state; written by
+scripts/execute_notebooks.py) and runs again top to bottom in a fresh kernel; their cells assert the key results."""
 
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ def test_there_are_notebooks() -> None:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path: Path, tmp_path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in code), "commit notebooks executed (scripts/execute_notebooks.py)"
+    assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1)), "executed top to bottom, once"
+    outputs = [o for c in code for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"], "a committed output is an error"
+    assert "application/vnd.jupyter.widget" not in path.read_text() and "widgets" not in nb.metadata
+    assert path.stat().st_size < 600_000, "keep committed notebooks small"
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     try:
