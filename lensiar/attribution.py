@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from lensiar.lens import Inputs, Lens
+from lensiar.offload import materialized
 
 REFUSAL_OPENINGS = ("I", "Sorry", "As", "Unfortunately")
 COMPLIANCE_OPENINGS = ("Sure", "Here", "Step", "1", "To")
@@ -44,8 +45,10 @@ def refusal_score(logits: Float[Tensor, "b vocab"], refusal: Sequence[int], comp
 
 
 def _unembed_direction(lens: Lens, refusal: Sequence[int], comply: Sequence[int]) -> Float[Tensor, " d_model"]:
-    w_u = lens.model.get_output_embeddings().weight.float()
-    return w_u[list(refusal)].mean(0) - w_u[list(comply)].mean(0)
+    head = lens.model.get_output_embeddings()
+    with materialized(lens.model, head):  # offloaded: loaded for this read only
+        w_u = head.weight.float()
+        return w_u[list(refusal)].mean(0) - w_u[list(comply)].mean(0)
 
 
 def direct_attribution(lens: Lens, prompts: Inputs, refusal: Sequence[int] | None = None,
@@ -57,10 +60,10 @@ def direct_attribution(lens: Lens, prompts: Inputs, refusal: Sequence[int] | Non
     n_layers = lens.spec.n_layers
     last = f"blocks.{n_layers - 1}.hook_resid_post"
     cache = lens.run_with_cache(prompts, ["blocks.*.attn.hook_z", last], positions="last", batch_size=batch_size)
-    device = lens.device  # the cache comes back on the CPU; the norm and W_O live on the model's device
-    resid = cache[last].float().to(device)  # [b, d]
     norm = lens.model.get_decoder().norm
-    with torch.no_grad():
+    with torch.no_grad(), materialized(lens.model, norm):
+        device = next(norm.parameters()).device  # the cache comes back on the CPU; the norm lives on the model's
+        resid = cache[last].float().to(device)  # [b, d]
         ratio = norm(resid) / torch.where(resid.abs() > 1e-12, resid, torch.full_like(resid, 1e-12))  # [b, d]
     direction = _unembed_direction(lens, refusal, comply).to(device)  # [d]
     out = torch.zeros(n_layers, lens.spec.n_heads)
@@ -68,10 +71,11 @@ def direct_attribution(lens: Lens, prompts: Inputs, refusal: Sequence[int] | Non
         key = f"blocks.{layer}.attn.hook_z"
         if key not in cache:
             continue
-        z = cache[key].float().to(device)  # [b, H, dh]
-        w_o = lens.W_O(layer).float()  # [H, dh, d]
+        w_o = lens.W_O(layer).float()  # [H, dh, d], on this layer's device (layers may sit on different GPUs)
+        z = cache[key].float().to(w_o.device)  # [b, H, dh]
         per_head = torch.einsum("bhk,hkd->bhd", z, w_o)  # [b, H, d]
-        out[layer] = torch.einsum("bhd,bd,d->bh", per_head, ratio, direction).mean(0).cpu()
+        out[layer] = torch.einsum("bhd,bd,d->bh", per_head, ratio.to(w_o.device),
+                                  direction.to(w_o.device)).mean(0).cpu()
     return out
 
 

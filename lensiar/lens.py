@@ -19,6 +19,7 @@ from transformers import BatchEncoding, PreTrainedModel
 from lensiar.arch import ArchSpec, arch_for, attention_name, get_path, image_token_id, text_layers
 from lensiar.cache import ActivationCache, Positions, hook_order, left_pad, reduce, select_mask
 from lensiar.hooks import HookPoint, all_names, parse
+from lensiar.offload import input_device, materialized
 from lensiar.progress import tqdm
 from lensiar.prompt import Prompt, as_prompt
 from lensiar.spec import ModelSpec, model_spec
@@ -55,12 +56,24 @@ class Lens:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, device: str = "cpu"
+        cls,
+        name_or_path: str | os.PathLike[str],
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        **hf_kwargs: Any,
     ) -> Lens:
-        """Load a local checkpoint directory or an offline registry name (``"smollm2-135m-instruct"``)."""
+        """Load a registry name (``"organism"``, ``"smollm2-135m-instruct"``), a local checkpoint directory or
+        a hub id (``"llava-hf/llava-1.5-7b-hf"``; from the local cache when ``HF_HUB_OFFLINE`` is set).
+
+        ``device`` (default CPU) or ``device_map`` (``"auto"`` or a dict; with ``max_memory`` and
+        ``offload_folder`` for CPU/disk offload); ``quantization_config``, ``attn_implementation``,
+        ``revision`` and the other keywords of :data:`lensiar.models.HF_KWARGS` go to transformers.
+        """
         from lensiar.models import load_pretrained
 
-        model, processor = load_pretrained(name_or_path, dtype=dtype, device=device)
+        model, processor = load_pretrained(name_or_path, dtype=dtype, device=device, device_map=device_map,
+                                           **hf_kwargs)
         return cls(model, processor)
 
     # ------------------------------------------------------------------ structure
@@ -71,8 +84,9 @@ class Lens:
 
     @property
     def device(self) -> torch.device:
-        """The device of the model's first parameter."""
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embedding's device (for a model dispatched with a device map, the
+        first execution device; never ``meta``)."""
+        return input_device(self.model)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -95,7 +109,9 @@ class Lens:
 
     def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
         """Each head's slice of ``o_proj``'s weight: ``o_proj(z) = sum_h z_h @ W_O[h] (+ bias)``."""
-        weight = self.o_proj(layer).weight  # [d_model, n_heads * d_head]
+        proj = self.o_proj(layer)
+        with materialized(self.model, proj):  # an offloaded layer keeps its weights on meta between passes
+            weight = proj.weight.detach().clone()  # [d_model, n_heads * d_head]
         return einops.rearrange(weight, "m (h d) -> h d m", h=self.spec.n_heads)
 
     @cached_property

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata as md
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -116,43 +117,111 @@ REGISTRY: dict[str, Callable[[], Path]] = {
 }
 
 
-def resolve(name_or_path: str | os.PathLike[str]) -> Path:
-    """A local checkpoint directory for a registry name or an existing path; never downloads."""
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+#: Auto classes tried, in order, for a config whose ``architectures`` names no class in transformers
+AUTO_CLASSES: tuple[str, ...] = ("AutoModelForImageTextToText", "AutoModelForCausalLM")
+
+#: keyword arguments passed through to ``from_pretrained`` (anything else is refused by name)
+HF_KWARGS = frozenset({"quantization_config", "attn_implementation", "max_memory", "offload_folder", "revision",
+                       "cache_dir", "trust_remote_code", "low_cpu_mem_usage", "offload_state_dict",
+                       "offload_buffers", "token", "subfolder"})
+
+
+def offline() -> bool:
+    """Whether the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _missing_hub_id(key: str, why: str) -> MissingWeightsError:
+    return MissingWeightsError(
+        f"{key!r} is not a local directory or a registry name, and as a hub id it {why}. Download it where "
+        f"there is network (`hf download {key} --local-dir DIR`) and load it with Lens.from_pretrained('DIR')"
+    )
+
+
+def resolve(name_or_path: str | os.PathLike[str], **hub_kwargs: Any) -> Path:
+    """A local checkpoint directory for a registry name, an existing path, or a hub id (from the local
+    Hugging Face cache when offline; downloaded otherwise)."""
     key = str(name_or_path)
     if key in REGISTRY:
         return REGISTRY[key]()
     path = Path(key).expanduser()
     if path.is_dir():
         return path
-    raise FileNotFoundError(
-        f"{key!r} is neither a local directory nor an offline registry name "
-        f"({', '.join(sorted([*REGISTRY, 'organism']))}); lensiar never downloads weights"
-    )
+    if not HUB_ID.match(key) or key.startswith((".", "/", "~")):
+        raise FileNotFoundError(
+            f"{key!r} is neither a local directory, an offline registry name "
+            f"({', '.join(sorted([*REGISTRY, 'organism']))}) nor a hub id (owner/name)"
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    kwargs = {k: v for k, v in hub_kwargs.items() if k in ("revision", "cache_dir", "token")}
+    try:
+        return Path(snapshot_download(key, local_files_only=offline(), **kwargs))
+    except LocalEntryNotFoundError:
+        raise _missing_hub_id(key, "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+                              if offline() else "could not be fetched (no network?)") from None
+    except OSError as error:  # connection errors, repository not found, gated repositories
+        raise _missing_hub_id(key, f"could not be fetched ({type(error).__name__})") from None
+
+
+def model_class(config: Any) -> type[PreTrainedModel]:
+    """The class that loads ``config``: the one its ``architectures`` names, else the first Auto class in
+    :data:`AUTO_CLASSES` that maps its ``model_type``."""
+    import transformers
+
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    if (cls := getattr(transformers, arch, None)) is not None:
+        return cls  # type: ignore[no-any-return]
+    for name in AUTO_CLASSES:
+        auto = getattr(transformers, name)
+        if type(config) in auto._model_mapping:
+            return auto  # type: ignore[no-any-return]
+    raise ValueError(f"no transformers class loads model_type {config.model_type!r} "
+                     f"(architectures {getattr(config, 'architectures', None)})")
 
 
 def load_pretrained(
-    name_or_path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    name_or_path: str | os.PathLike[str],
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    **hf_kwargs: Any,
 ) -> tuple[PreTrainedModel, Any]:
-    """(model, processor-or-tokenizer) from a local directory or registry name, offline."""
-    import transformers
+    """(model, processor-or-tokenizer) from a registry name, a local directory or a hub id.
 
+    ``device`` puts the whole model on one device (default CPU); ``device_map`` (``"auto"`` or a dict) lets
+    accelerate place it across devices, CPU and disk (``max_memory``, ``offload_folder``). Other keywords
+    (:data:`HF_KWARGS`: ``quantization_config``, ``attn_implementation``, ``revision``, ...) go to
+    ``from_pretrained``.
+    """
+    if unknown := sorted(set(hf_kwargs) - HF_KWARGS):
+        raise TypeError(f"from_pretrained got unexpected keyword(s) {', '.join(unknown)}; "
+                        f"passed through: {', '.join(sorted(HF_KWARGS))}")
+    if device is not None and device_map is not None:
+        raise ValueError("give device (one device) or device_map (accelerate's placement), not both")
     if str(name_or_path) == "organism":  # the embedded default: base weights + committed deltas
+        from lensiar.offload import dispatch
         from lensiar.organism import load
 
         vlm, organism_processor = load()
-        return vlm.to(device=device, dtype=dtype).eval(), organism_processor
-    path = resolve(name_or_path)
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    arch = (getattr(config, "architectures", None) or [""])[0]
-    model_cls = getattr(transformers, arch, None) or AutoModelForCausalLM
-    model: PreTrainedModel = model_cls.from_pretrained(path, dtype=dtype, local_files_only=True)
-    model = model.to(device).eval()  # type: ignore[arg-type]
-    processor: Any
-    try:
-        if (path / "preprocessor_config.json").exists() or (path / "processor_config.json").exists():
-            processor = transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
-        else:
-            processor = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, TypeError):
-        processor = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return model, processor
+        vlm = vlm.to(dtype=dtype).eval()
+        if device_map is None:
+            return vlm.to(device=device or "cpu"), organism_processor
+        placed: Any = dispatch(vlm, device_map, hf_kwargs.get("max_memory"), hf_kwargs.get("offload_folder"))
+        return placed, organism_processor
+    path = resolve(name_or_path, **hf_kwargs)
+    local = {"local_files_only": True} | {k: v for k, v in hf_kwargs.items() if k in ("revision", "token")}
+    config = AutoConfig.from_pretrained(path, **local)
+    placement: dict[str, Any] = {"device_map": device_map} if device_map is not None else {}
+    model: PreTrainedModel = model_class(config).from_pretrained(
+        path, dtype=dtype, **placement, **{k: v for k, v in hf_kwargs.items() if k != "cache_dir"}, local_files_only=True
+    )
+    if device_map is None and not getattr(model, "hf_device_map", None):
+        model = model.to(device or "cpu")  # type: ignore[arg-type]
+    from lensiar.processors import load_processor
+
+    return model.eval(), load_processor(path, **local)

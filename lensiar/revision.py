@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 
 from lensiar.arch import BAKE, text_layers
 from lensiar.bundle import BundleError, RevisionBundle
+from lensiar.offload import is_offloaded
 from lensiar.probes import Gate
 
 if TYPE_CHECKING:
@@ -284,6 +285,10 @@ def bake(
     for b in items:
         b.validate(lens.spec)
         strength(b, alpha)
+    if is_offloaded(lens.model):
+        raise RevisionError("cannot bake an offloaded model (device_map put weights on CPU or disk, kept on meta "
+                            "between passes): bake copies the whole model; use lens.revise, which works with offload, "
+                            "or load the model without offload to bake it")
     model = copy.deepcopy(lens.model)
     new_config = model.config.get_text_config()
     layers_list = text_layers(model, lens.arch)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lensiar.arch import ArchSpec, attention_name, text_layers
+from lensiar.offload import state_tensors
 
 FINGERPRINT_SAMPLES = 64
 
@@ -52,7 +53,7 @@ def fingerprint(model: nn.Module) -> str:
     """A short hash identifying the weights and architecture of ``model`` (see :class:`ModelSpec`)."""
     digest = hashlib.sha256(type(model).__name__.encode())
     with torch.no_grad():
-        for name, param in model.state_dict().items():
+        for name, param in state_tensors(model):  # offloaded weights are loaded one module at a time
             digest.update(f"{name}:{tuple(param.shape)}".encode())
             flat = param.detach().reshape(-1)
             if flat.numel() == 0 or not flat.is_floating_point():
@@ -68,7 +69,7 @@ def weights_hash(model: nn.Module) -> str:
     """SHA-256 of every byte of every parameter and buffer (exact; for 'weights unchanged' checks)."""
     digest = hashlib.sha256()
     with torch.no_grad():
-        for name, tensor in model.state_dict().items():
+        for name, tensor in state_tensors(model):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

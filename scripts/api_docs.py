@@ -16,6 +16,9 @@ from pathlib import Path
 MODULES = [
     ("lensiar.lens", "The Lens: a model read through hook names"),
     ("lensiar.prompt", "Prompts"),
+    ("lensiar.models", "Loading: registry names, local checkpoints, hub ids"),
+    ("lensiar.processors", "Processors, image-only without torchvision"),
+    ("lensiar.offload", "Offloaded models (accelerate device maps)"),
     ("lensiar.spec", "Model shape and fingerprint"),
     ("lensiar.arch", "Architecture table"),
     ("lensiar.hooks", "Hook names"),

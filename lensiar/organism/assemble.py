@@ -17,8 +17,8 @@ import transformers as tf
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from lensiar.processors import image_only
 from lensiar.render import GRID
-from lensiar.testing.zoo import image_only
 
 IMAGE_TOKENS = ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
 #: the filler of a two-slot patch's unused second slot (reader scheme "ordered"): ``<end_of_utterance>``, a new row

@@ -753,7 +753,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         s_cfg = replace(s_cfg, harmless=8, contrast=4, templated_harmless=4, epochs=1, answer_tokens=8,
                         extra_harmful=min(s_cfg.extra_harmful, 4), advice=min(s_cfg.advice, 2),
                         questions=min(s_cfg.questions, 4))
-        v_cfg = replace(v_cfg, per_task=4, read_examples=4, text_replay=4, answer_tokens=8, reader_steps=3)
+        v_cfg = replace(v_cfg, per_task=4, read_examples=4, text_replay=4, answer_tokens=8, reader_steps=3,
+                        respell_examples=min(v_cfg.respell_examples, 8))
     rng = random.Random(seed["data"])
     base = smollm2_path()
     tokenizer = tokenizer_with_image_tokens(tf.AutoTokenizer.from_pretrained(base, local_files_only=True))

@@ -15,7 +15,7 @@ import torch
 import transformers as tf
 
 from lensiar.models import smollm2_path
-from lensiar.testing.zoo import image_only
+from lensiar.processors import image_only
 
 IMAGE_TOKENS = ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"

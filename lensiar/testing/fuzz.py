@@ -173,30 +173,37 @@ def store_fuzz(cases: int, seed: int = 0) -> Counter[str]:
     return counts
 
 
-def revise_fuzz(lens: Any, cycles: int, seed: int = 0, prompt: str = "hi there") -> Counter[str]:
-    """``cycles`` random revision blocks on ``lens``: head level, layer level or both, gated or not, nested, with a
-    forward or a short ``generate`` inside, and exceptions raised inside the block, inside a nested block or from a
-    hook in the middle of generation (``raised_in_*`` counts those that reached the caller). Outcomes per cycle: ``clean``, ``leftover_hooks`` (a hook or a registered
-    revision survived the block), ``crash`` (an exception other than the one raised on purpose); and, once at the
-    end, ``weights_changed`` when any parameter differs from before."""
+def random_bundles(spec: Any, generator: torch.Generator) -> tuple[Any, Any]:
+    """A random head-level bundle (with a gate on the middle layer) and a random layer-level bundle for ``spec``."""
     from lensiar.bundle import RevisionBundle
     from lensiar.probes import Gate
 
-    rng = random.Random(seed)
-    s = lens.spec
-    g = torch.Generator().manual_seed(seed)
+    s, g = spec, generator
 
     def unit(*shape: int) -> torch.Tensor:
         v = torch.randn(*shape, generator=g)
         return v / v.norm(dim=-1, keepdim=True)
 
     gate = Gate(layer=s.n_layers // 2, weight=torch.randn(s.d_model, generator=g), bias=0.0)
-    bundles = [RevisionBundle(vectors=unit(s.n_layers, s.n_heads, s.d_head), sigma=torch.rand(s.n_layers, s.n_heads,
+    return (RevisionBundle(vectors=unit(s.n_layers, s.n_heads, s.d_head), sigma=torch.rand(s.n_layers, s.n_heads,
                                                                                                generator=g) + 0.5,
                               accuracy=torch.rand(s.n_layers, s.n_heads, generator=g), level="head", model=s.to_dict(),
                               gate=gate),
                RevisionBundle(vectors=unit(s.n_layers, s.d_model), sigma=torch.rand(s.n_layers, generator=g) + 0.5,
-                              accuracy=torch.rand(s.n_layers, generator=g), level="layer", model=s.to_dict())]
+                              accuracy=torch.rand(s.n_layers, generator=g), level="layer", model=s.to_dict()))
+
+
+def revise_fuzz(lens: Any, cycles: int, seed: int = 0, prompt: str = "hi there") -> Counter[str]:
+    """``cycles`` random revision blocks on ``lens``: head level, layer level or both, gated or not, nested, with a
+    forward or a short ``generate`` inside, and exceptions raised inside the block, inside a nested block or from a
+    hook in the middle of generation (``raised_in_*`` counts those that reached the caller). Outcomes per cycle: ``clean``, ``leftover_hooks`` (a hook or a registered
+    revision survived the block), ``crash`` (an exception other than the one raised on purpose); and, once at the
+    end, ``weights_changed`` when any parameter differs from before."""
+    rng = random.Random(seed)
+    s = lens.spec
+    g = torch.Generator().manual_seed(seed)
+
+    bundles = list(random_bundles(s, g))
 
     def hook_count() -> int:
         return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in lens.model.modules())

@@ -36,8 +36,10 @@ def char_vocab() -> dict[str, int]:
     return vocab
 
 
-def char_tokenizer(chat_template: str | None = None, **special: str) -> PreTrainedTokenizerFast:
-    """A fast tokenizer over :func:`char_vocab` with pad/bos/eos set (overridable via ``special``)."""
+def char_tokenizer(chat_template: str | None = None, extra_special_tokens: dict[str, str] | None = None,
+                   **special: str) -> PreTrainedTokenizerFast:
+    """A fast tokenizer over :func:`char_vocab` with pad/bos/eos set (overridable via ``special``);
+    ``extra_special_tokens`` names family tokens (``boi_token`` -> ``tokenizer.boi_token(_id)``), saved with it."""
     vocab = char_vocab()
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
@@ -48,6 +50,7 @@ def char_tokenizer(chat_template: str | None = None, **special: str) -> PreTrain
         tokenizer_object=backend,
         additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in names.values()],
         chat_template=chat_template,
+        extra_special_tokens=extra_special_tokens or {},
         **names,
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})

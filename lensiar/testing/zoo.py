@@ -15,6 +15,7 @@ import torch
 import transformers as tf
 from transformers import PreTrainedModel
 
+from lensiar.processors import PixtralImageOnlyProcessor, image_only
 from lensiar.testing.tokenizer import char_tokenizer, char_vocab
 
 TEXT: dict[str, Any] = dict(
@@ -40,64 +41,6 @@ def chatml(image: str, bos: str = "") -> str:
 
 
 ID = char_vocab()
-
-
-def image_only(cls: type) -> type:
-    """``cls`` accepting ``video_processor=None``: video processors need torchvision, which has no CPU wheel here."""
-
-    class ImageOnly(cls):  # type: ignore[valid-type,misc]
-        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
-            if argument is None and "video" in argument_name:
-                return type(None)
-            return super().check_argument_for_proper_class(argument_name, argument)
-
-        def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any:
-            return self.tokenizer.apply_chat_template(conversation, **kwargs)
-
-    ImageOnly.__name__ = ImageOnly.__qualname__ = cls.__name__
-    return ImageOnly
-
-
-class PixtralStandInProcessor:
-    """Mistral3's image path without torchvision: transformers' ``PixtralProcessor`` imports torchvision at
-    module level, so the tiny mistral3 uses this stand-in. It expands each ``[IMG]`` into the same rows of
-    ``[IMG]`` tokens closed by ``[IMG_BREAK]`` / ``[IMG_END]`` that PixtralProcessor writes.
-    """
-
-    def __init__(self, image_processor: Any, tokenizer: Any, patch_size: int, spatial_merge_size: int) -> None:
-        self.image_processor, self.tokenizer = image_processor, tokenizer
-        self.chat_template = tokenizer.chat_template
-        self.unit = patch_size * spatial_merge_size
-
-    def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any:
-        return self.tokenizer.apply_chat_template(conversation, **kwargs)
-
-    def __call__(self, text: list[str] | str, images: Any = None, **kwargs: Any) -> Any:
-        texts = [text] if isinstance(text, str) else list(text)
-        tensors = kwargs.pop("return_tensors", "pt")
-        if images is None:
-            return self.tokenizer(texts, return_tensors=tensors, **kwargs)
-        flat = [im for group in images for im in (group if isinstance(group, list | tuple) else [group])]
-        pixels = self.image_processor(flat, return_tensors="pt")
-        sizes = iter(pixels["image_sizes"].tolist())
-        expanded = []
-        for t in texts:
-            parts = t.split("[IMG]")
-            out = parts[0]
-            for part in parts[1:]:
-                h, w = next(sizes)
-                rows, cols = h // self.unit, w // self.unit
-                out += "[IMG_BREAK]".join(["[IMG]" * cols] * rows) + "[IMG_END]" + part
-            expanded.append(out)
-        enc = self.tokenizer(expanded, return_tensors=tensors, **kwargs)
-        enc["pixel_values"], enc["image_sizes"] = pixels["pixel_values"], pixels["image_sizes"]
-        return enc
-
-    def batch_decode(self, *args: Any, **kwargs: Any) -> Any:
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args: Any, **kwargs: Any) -> Any:
-        return self.tokenizer.decode(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -242,10 +185,8 @@ def _gemma3() -> Any:
 def _gemma3_processor() -> Any:
     ip = tf.Gemma3ImageProcessor(size={"height": 32, "width": 32})
     template = chatml("<start_of_image>")
-    tok = char_tokenizer(template)
-    tok.boi_token, tok.eoi_token, tok.image_token = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
-    tok.boi_token_id, tok.eoi_token_id = ID["<start_of_image>"], ID["<end_of_image>"]
-    tok.image_token_id = ID["<image_soft_token>"]
+    tok = char_tokenizer(template, extra_special_tokens={
+        "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"})
     return tf.Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=template, image_seq_length=4)
 
 
@@ -269,11 +210,9 @@ def _internvl() -> Any:
 def _internvl_processor() -> Any:
     ip = tf.GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=False)
     template = chatml("<IMG_CONTEXT>")
-    tok = char_tokenizer(template)
-    tok.start_image_token, tok.end_image_token, tok.context_image_token = "<img>", "</img>", "<IMG_CONTEXT>"
-    tok.start_image_token_id, tok.end_image_token_id = ID["<img>"], ID["</img>"]
-    tok.context_image_token_id = ID["<IMG_CONTEXT>"]
-    tok.video_token = "<video>"
+    tok = char_tokenizer(template, extra_special_tokens={
+        "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>"})
     return image_only(tf.InternVLProcessor)(image_processor=ip, tokenizer=tok, video_processor=None, image_seq_length=4,
                                 chat_template=template)
 
@@ -291,7 +230,7 @@ def _mistral3_processor() -> Any:
     from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
     ip = PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size=8)
-    return PixtralStandInProcessor(ip, char_tokenizer(chatml("[IMG]")), patch_size=8, spatial_merge_size=2)
+    return PixtralImageOnlyProcessor(ip, char_tokenizer(chatml("[IMG]")), patch_size=8, spatial_merge_size=2)
 
 
 def _mllama() -> Any:
