@@ -21,7 +21,7 @@ def select_mask(
     if isinstance(positions, Tensor):
         if positions.shape != valid.shape:
             raise ValueError(f"position mask has shape {tuple(positions.shape)}, the batch is {tuple(valid.shape)}")
-        return positions.bool().to(valid.device) & valid
+        return (positions != 0).to(valid.device) & valid
     if positions in ("last", "mean", "all"):
         return valid
     if positions == "image":
@@ -35,7 +35,12 @@ def reduce(
     value: Float[Tensor, "b s ..."], positions: Positions, mask: Bool[Tensor, "b s"]
 ) -> Float[Tensor, "b ..."] | Float[Tensor, "b s ..."]:
     """Apply a position rule: ``last`` -> last unpadded token, ``mean`` -> mean over unpadded tokens,
-    anything else -> the full sequence with every unselected position set to zero."""
+    a floating-point ``[b, s]`` tensor -> the sum over positions weighted by it, anything else -> the full
+    sequence with every unselected position set to zero."""
+    mask = mask.to(value.device)  # layers may sit on different devices
+    if isinstance(positions, Tensor) and positions.is_floating_point():
+        weights = positions.to(value.device, value.dtype) * mask.to(value.dtype)
+        return (value * weights.reshape(*weights.shape, *([1] * (value.ndim - 2)))).sum(1)
     if isinstance(positions, str) and positions == "last":
         seq = torch.arange(mask.shape[1], device=mask.device)
         last = torch.where(mask, seq, -1).amax(dim=1)
@@ -44,6 +49,13 @@ def reduce(
     if isinstance(positions, str) and positions == "mean":
         return (value * weights).sum(1) / weights.sum(1).clamp_min(1.0)
     return value * weights
+
+
+def reduces(positions: Positions) -> bool:
+    """Whether a position rule gives one value per row (``[b, ...]``) rather than the sequence."""
+    if isinstance(positions, Tensor):
+        return positions.is_floating_point()
+    return positions in ("last", "mean")
 
 
 def left_pad(values: list[Tensor], length: int) -> Tensor:

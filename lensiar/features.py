@@ -109,10 +109,10 @@ def _read_activations(lens: Lens, samples: SampleSet, batch_size: int, progress:
             items = [samples.samples[i] for i in chunk]
             if has_response:
                 batch, mask = lens.prepare_with_responses([s.prompt for s in items], [s.response or "" for s in items])
-                cache = lens.run_with_cache(batch, NAMES, positions=mask)
-                weight = mask.float() / mask.float().sum(1, keepdim=True)
-                zs = torch.einsum("lbshd,bs->blhd", cache.stack("attn.hook_z"), weight)
-                rs = torch.einsum("lbsm,bs->blm", cache.stack("hook_resid_post"), weight)
+                weight = mask.float() / mask.float().sum(1, keepdim=True)  # mean over the response, reduced per layer
+                cache = lens.run_with_cache(batch, NAMES, positions=weight)
+                zs = cache.stack("attn.hook_z").transpose(0, 1)
+                rs = cache.stack("hook_resid_post").transpose(0, 1)
             else:
                 cache = lens.run_with_cache([s.prompt for s in items], NAMES, positions="last", batch_size=len(items))
                 zs = cache.stack("attn.hook_z").transpose(0, 1)

@@ -262,8 +262,10 @@ class LLMJudge:
     def _next_token_logprobs(self, template: str, prompts: Sequence[str], responses: Sequence[str]) -> Any:
         import torch
 
+        from lensiar.offload import input_device
+
         _check_pairs(prompts, responses)
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
         rows = []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import einops
 import torch
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 from transformers import BatchEncoding, PreTrainedModel
 
 from lensiar.arch import ArchSpec, arch_for, attention_name, get_path, image_token_id, text_layers
-from lensiar.cache import ActivationCache, Positions, hook_order, left_pad, reduce, select_mask
+from lensiar.cache import ActivationCache, Positions, hook_order, left_pad, reduce, reduces, select_mask
 from lensiar.hooks import HookPoint, all_names, parse
 from lensiar.offload import input_device, materialized
 from lensiar.progress import tqdm
@@ -27,17 +29,51 @@ from lensiar.spec import ModelSpec, model_spec
 if TYPE_CHECKING:
     from lensiar.bundle import RevisionBundle
     from lensiar.probes import Gate
-    from lensiar.revision import Revision
+    from lensiar.revision import BakedInPlace, Revision
 
 Inputs = Sequence[Prompt | str] | Prompt | str | Mapping[str, Any]
+T = TypeVar("T")
+
+
+def _backs_off_on_oom(method: Callable[..., T]) -> Callable[..., T]:
+    """On an out-of-memory error, run the call again with half the batch size (a warning says so), down to 1;
+    at 1, raise :class:`OutOfMemory` with what to do. A prepared batch (one forward pass) is not split."""
+
+    @functools.wraps(method)
+    def wrapper(self: Lens, inputs: Inputs, *args: Any, batch_size: int | None = None, **kwargs: Any) -> T:
+        size = batch_size if batch_size is not None else _default(method, "batch_size")
+        while True:
+            try:
+                return method(self, inputs, *args, batch_size=size, **kwargs)
+            except torch.OutOfMemoryError as error:
+                if _is_batch(inputs) or isinstance(size, bool) or not isinstance(size, int) or size <= 1:
+                    raise OutOfMemory(
+                        f"out of memory on {self.device} in {method.__name__} at batch_size="
+                        f"{1 if _is_batch(inputs) else size}: load the model in bfloat16, spread it with "
+                        "device_map='auto' (max_memory, offload_folder), or shorten the prompts") from error
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                warnings.warn(f"{method.__name__}: out of memory at batch_size={size}; retrying at {size // 2}",
+                              stacklevel=2)
+                size //= 2
+
+    return wrapper
+
+
+def _default(function: Callable[..., Any], name: str) -> Any:
+    return inspect.signature(function).parameters[name].default
+
+
+class OutOfMemory(RuntimeError):
+    """Out of memory even at batch size 1 (the message says what to try)."""
 
 
 class Lens:
     """One HF model and its processor, read and written through the hook-name vocabulary.
 
     ``Lens(model, processor)`` wraps an already-loaded model (fp32 or any dtype, any device);
-    :meth:`from_pretrained` loads a local directory or an offline registry name. The model's
-    weights are never modified by a Lens.
+    :meth:`from_pretrained` loads a registry name, a local directory or a hub id. The model's
+    weights are never modified by a Lens, except by :meth:`bake_in_place`, which returns its undo handle.
     """
 
     #: the longest prompt (tokens, images included) this Lens accepts; None: only the model's positions limit it
@@ -251,26 +287,26 @@ class Lens:
 
     # ------------------------------------------------------------------ reading
     def _read(self, points: list[HookPoint]) -> Iterator[tuple[HookPoint, Any]]:
-        """Inside an nnsight trace: yield (point, saved value) in execution order."""
+        """Inside an nnsight trace: yield (point, value) in execution order, as each module runs."""
         layers = get_path(self.nn, self.arch.layers)
         for point in sorted(points, key=hook_order):
             block = layers[point.layer]
             if point.kind == "resid_pre":
-                yield point, block.input.save()
+                yield point, block.input
             elif point.kind == "z":
                 attn = getattr(block, attention_name(self.layers[point.layer], self.arch))
-                yield point, getattr(attn, self.arch.o_proj).input.save()
+                yield point, getattr(attn, self.arch.o_proj).input
             elif point.kind == "attn_out":
                 if self.arch.attn_out is None:
                     attn = getattr(block, attention_name(self.layers[point.layer], self.arch))
-                    yield point, attn.output[0].save()
+                    yield point, attn.output[0]
                 else:
-                    yield point, getattr(block, self.arch.attn_out).output.save()
+                    yield point, getattr(block, self.arch.attn_out).output
             elif point.kind == "mlp_out":
-                yield point, getattr(block, self.arch.mlp_out).output.save()
+                yield point, getattr(block, self.arch.mlp_out).output
             else:
                 out = block.output
-                yield point, (out[0] if isinstance(out, tuple) else out).save()
+                yield point, (out[0] if isinstance(out, tuple) else out)
 
     def skipped_layers(self, has_image: bool) -> set[int]:
         """Layers that do not run on this kind of batch (Mllama's cross-attention layers without an image)."""
@@ -297,6 +333,7 @@ class Lens:
             return einops.rearrange(value, "b s (h d) -> b s h d", h=self.spec.n_heads)
         return value
 
+    @_backs_off_on_oom
     @torch.no_grad()
     def run_with_cache(
         self,
@@ -313,9 +350,12 @@ class Lens:
         Args:
             inputs: prompts (strings / :class:`Prompt`) or one prepared batch.
             names: hook names (``blocks.3.attn.hook_z``; ``blocks.*.hook_resid_post`` for all layers).
-            positions: ``"last"`` / ``"mean"`` give ``[batch, ...]``; ``"all"``, ``"image"`` or a
-                boolean mask ``[batch, seq]`` (prepared batch only) give ``[batch, seq, ...]`` with
-                zeros outside the selection, and ``cache.mask`` tells which positions hold values.
+            positions: ``"last"`` / ``"mean"`` give ``[batch, ...]``, as does a floating-point weight
+                tensor ``[batch, seq]`` (prepared batch only; the weighted sum over positions); ``"all"``,
+                ``"image"`` or a boolean mask ``[batch, seq]`` (prepared batch only) give
+                ``[batch, seq, ...]`` with zeros outside the selection, and ``cache.mask`` tells which
+                positions hold values. Reducing rules are applied as each layer runs, so memory does not
+                grow with sequence length times layers.
             batch_size: prompts per forward pass.
             device: where captured values are stored.
             return_logits: also keep the model's logits of the same pass in ``cache.logits``
@@ -343,16 +383,18 @@ class Lens:
             if not return_logits and self._takes_logits_to_keep:
                 kwargs["logits_to_keep"] = 1  # the vocabulary projection is a fifth of a small model's cost
             with self._gated(kwargs), self.nn.trace(**kwargs):
-                saved.update(self._read(points))
+                # reduced as each layer runs: a last/mean/weighted capture never holds every layer's sequence
+                for hook, value in self._read(points):
+                    saved[hook] = reduce(self._shape(hook, value), positions, mask).to(device)
                 if return_logits:
-                    saved[None] = self.nn.output.logits.save()
+                    saved[None] = reduce(self.nn.output.logits.detach(), positions, mask).to(device)
             for point, value in saved.items():
                 if point is None:
-                    logits.append(reduce(value.detach(), positions, mask).to(device))
+                    logits.append(value)
                 else:
-                    collected[point.name].append(reduce(self._shape(point, value), positions, mask).to(device))
+                    collected[point.name].append(value)
             masks.append(mask.to(device))
-        keeps_seq = not (isinstance(positions, str) and positions in ("last", "mean"))
+        keeps_seq = not reduces(positions)
         length = max(m.shape[1] for m in masks)
         values = {n: (left_pad(v, length) if keeps_seq else torch.cat(v)) for n, v in collected.items() if v}
         cache = ActivationCache(values, positions, left_pad(masks, length) if keeps_seq else None)
@@ -368,6 +410,7 @@ class Lens:
             return self.model(**kwargs).logits
 
     # ------------------------------------------------------------------ generation
+    @_backs_off_on_oom
     @torch.no_grad()
     def generate(
         self,
@@ -426,6 +469,19 @@ class Lens:
         from lensiar.revision import bake
 
         return bake(self, bundle, alpha=alpha, top_k=top_k, layers=layers)
+
+    def bake_in_place(
+        self,
+        bundle: RevisionBundle | Sequence[RevisionBundle],
+        alpha: float | None = None,
+        top_k: int | None = None,
+        layers: list[int] | None = None,
+    ) -> BakedInPlace:
+        """The revision written into this model's own biases, no copy; returns the undo handle (also a context
+        manager). See :func:`lensiar.revision.bake_in_place`."""
+        from lensiar.revision import bake_in_place
+
+        return bake_in_place(self, bundle, alpha=alpha, top_k=top_k, layers=layers)
 
     def _gated(self, model_kwargs: dict[str, Any]) -> AbstractContextManager[None]:
         from lensiar.revision import gated

@@ -251,14 +251,97 @@ def gated(lens: Lens, model_kwargs: dict[str, Any]) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------- baking
-def _add_bias(linear: nn.Linear, value: Tensor | None = None) -> None:
-    """Give ``linear`` a bias (zeros if it had none) and add ``value`` to it."""
+@dataclass(eq=False)
+class BakedInPlace:
+    """Undo handle of :func:`bake_in_place`: ``undo()`` (or leaving the ``with`` block) restores every bias and
+    config flag the bake touched, bit for bit."""
+
+    model: nn.Module
+    biases: list[tuple[nn.Linear, Tensor | None]] = field(default_factory=list)
+    flags: list[tuple[Any, str, Any]] = field(default_factory=list)
+    done: bool = False
+
+    def undo(self) -> None:
+        """Restore the model as it was before the bake (idempotent)."""
+        if self.done:
+            return
+        for linear, bias in reversed(self.biases):
+            if bias is None:
+                linear.bias = None  # type: ignore[assignment]
+            else:
+                with torch.no_grad():
+                    linear.bias.copy_(bias)
+        for config, name, value in reversed(self.flags):
+            setattr(config, name, value)
+        self.done = True
+
+    def __enter__(self) -> BakedInPlace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.undo()
+
+
+def _add_bias(linear: nn.Linear, value: Tensor | None = None, record: BakedInPlace | None = None) -> None:
+    """Give ``linear`` a bias (zeros if it had none) and add ``value`` to it; ``record`` remembers the old bias."""
+    if record is not None and not any(linear is seen for seen, _ in record.biases):
+        record.biases.append((linear, None if linear.bias is None else linear.bias.detach().clone()))
     if linear.bias is None:
         linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype,
                                                device=linear.weight.device))
     if value is not None:
         with torch.no_grad():
             linear.bias.add_(value.to(linear.bias.dtype).to(linear.bias.device))
+
+
+def _checked_items(lens: Lens, bundles: RevisionBundle | Sequence[RevisionBundle], alpha: float | None,
+                   top_k: int | None) -> tuple[Any, list[RevisionBundle]]:
+    text_config = lens.model.config.get_text_config()
+    spec = BAKE.get(text_config.model_type)
+    if spec is None:
+        raise RevisionError(f"cannot bake into {text_config.model_type}: its config cannot declare the biases "
+                            f"needed (bakeable text backbones: {', '.join(sorted(BAKE))}); use lens.revise instead")
+    items = _bundles(bundles)
+    _check_top_k(top_k)
+    for b in items:
+        b.validate(lens.spec)
+        strength(b, alpha)
+    if is_offloaded(lens.model):
+        raise RevisionError("cannot bake an offloaded model (device_map put weights on CPU or disk, kept on meta "
+                            "between passes): bake copies the whole model; use lens.revise, which works with offload, "
+                            "or load the model without offload to bake it")
+    if any(b.level == "layer" for b in items) and spec.mlp_flag is None:
+        raise RevisionError(f"a layer-level revision cannot be baked exactly into {text_config.model_type} (its MLP "
+                            "output passes a norm before the residual); use lens.revise, or a head-level bundle")
+    return spec, items
+
+
+def _write(lens: Lens, model: PreTrainedModel, spec: Any, items: list[RevisionBundle], alpha: float | None,
+           top_k: int | None, layers: list[int] | None, record: BakedInPlace | None = None) -> None:
+    """Write ``items`` into ``model``'s biases (``model`` is ``lens.model`` or a copy of it)."""
+    new_config = model.config.get_text_config()
+    layers_list = text_layers(model, lens.arch)
+    for used, flag, blocks in ((any(b.level == "head" for b in items), spec.attention_flag,
+                                [(block.self_attn, spec.attention_modules) for block in layers_list]),
+                               (any(b.level == "layer" for b in items), spec.mlp_flag,
+                                [(block.mlp, spec.mlp_modules) for block in layers_list])):
+        if not used:
+            continue
+        if record is not None:
+            record.flags.append((new_config, flag, getattr(new_config, flag, None)))
+        setattr(new_config, flag or "", True)
+        for module, names in blocks:
+            for name in names:
+                _add_bias(getattr(module, name), record=record)
+    for b in items:
+        a = strength(b, alpha)
+        if b.level == "head":
+            for layer, shift in head_shifts(b, a, top_k, layers).items():
+                o_proj = getattr(layers_list[layer].self_attn, lens.arch.o_proj)
+                _add_bias(o_proj, o_proj.weight.float() @ shift.to(o_proj.weight.device).float(), record)
+        else:
+            for layer, shift in layer_shifts(b, a, top_k, layers).items():
+                _add_bias(getattr(layers_list[layer].mlp, spec.mlp_modules[-1]), shift, record)
 
 
 @torch.no_grad()
@@ -274,51 +357,34 @@ def bake(
     Head level goes into ``o_proj``'s bias (``W_O @ shift``, exact since o_proj is linear); layer level
     into the bias of the MLP's last projection where the MLP output is the last thing a layer adds.
     The config's bias flags are switched on so ``save_pretrained`` / ``from_pretrained`` rebuild it.
+    The copy needs the model's memory a second time; :func:`bake_in_place` needs none.
     """
-    text_config = lens.model.config.get_text_config()
-    spec = BAKE.get(text_config.model_type)
-    if spec is None:
-        raise RevisionError(f"cannot bake into {text_config.model_type}: its config cannot declare the biases "
-                            f"needed (bakeable text backbones: {', '.join(sorted(BAKE))}); use lens.revise instead")
-    items = _bundles(bundles)
-    _check_top_k(top_k)
-    for b in items:
-        b.validate(lens.spec)
-        strength(b, alpha)
-    if is_offloaded(lens.model):
-        raise RevisionError("cannot bake an offloaded model (device_map put weights on CPU or disk, kept on meta "
-                            "between passes): bake copies the whole model; use lens.revise, which works with offload, "
-                            "or load the model without offload to bake it")
+    spec, items = _checked_items(lens, bundles, alpha, top_k)
     model = copy.deepcopy(lens.model)
-    new_config = model.config.get_text_config()
-    layers_list = text_layers(model, lens.arch)
-    used_attention = any(b.level == "head" for b in items)
-    used_mlp = any(b.level == "layer" for b in items)
-    if used_mlp and spec.mlp_flag is None:
-        raise RevisionError(f"a layer-level revision cannot be baked exactly into {text_config.model_type} (its MLP "
-                            "output passes a norm before the residual); use lens.revise, or a head-level bundle")
-    if used_attention:
-        setattr(new_config, spec.attention_flag or "", True)
-        for block in layers_list:
-            attention = block.self_attn
-            for name in spec.attention_modules:
-                _add_bias(getattr(attention, name))
-    if used_mlp:
-        setattr(new_config, spec.mlp_flag or "", True)
-        for block in layers_list:
-            for name in spec.mlp_modules:
-                _add_bias(getattr(block.mlp, name))
-    for b in items:
-        a = strength(b, alpha)
-        if b.level == "head":
-            for layer, shift in head_shifts(b, a, top_k, layers).items():
-                o_proj = getattr(layers_list[layer].self_attn, lens.arch.o_proj)
-                _add_bias(o_proj, o_proj.weight.float() @ shift.to(o_proj.weight.device).float())
-        else:
-            for layer, shift in layer_shifts(b, a, top_k, layers).items():
-                _add_bias(getattr(layers_list[layer].mlp, spec.mlp_modules[-1]), shift)
+    _write(lens, model, spec, items, alpha, top_k, layers)
     return model
 
 
-__all__ = ["BundleError", "Revision", "RevisionError", "bake", "gate_values", "gated", "head_shifts",
+@torch.no_grad()
+def bake_in_place(
+    lens: Lens,
+    bundles: RevisionBundle | Sequence[RevisionBundle],
+    alpha: float | None = None,
+    top_k: int | None = None,
+    layers: list[int] | None = None,
+) -> BakedInPlace:
+    """Write the revision into ``lens.model``'s own biases (no copy: for a model that fills the GPU) and return
+    the handle that undoes it. ``with bake_in_place(lens, bundle): ...`` undoes on exit and on exceptions; a
+    failure half-way undoes what was written."""
+    spec, items = _checked_items(lens, bundles, alpha, top_k)
+    record = BakedInPlace(lens.model)
+    try:
+        _write(lens, lens.model, spec, items, alpha, top_k, layers, record)
+    except BaseException:
+        record.undo()
+        raise
+    return record
+
+
+__all__ = ["BakedInPlace", "BundleError", "Revision", "RevisionError", "bake", "bake_in_place", "gate_values", "gated", "head_shifts",
            "layer_shifts", "revise"]

@@ -35,3 +35,9 @@ def test_readme_organism_table_quotes_the_committed_report() -> None:
     assert len(quoted) >= 10 and all(q in report for q in quoted), [q for q in quoted if q not in report]
     recipe = __import__("json").loads((ROOT / "lensiar" / "organism" / "weights" / "manifest.json").read_text())
     assert f"recipe v{recipe['recipe_version']}**" in section
+
+
+def test_howto_memory_table_is_the_scripts_output() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "memory_table.py")], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() in (ROOT / "docs" / "howto-real-vlms.md").read_text()

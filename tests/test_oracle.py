@@ -50,3 +50,14 @@ def test_tiny_llava_matches_transformerlens_bridge(tmp_path: Path, image) -> Non
     _compare(lens, text, _bridge_cache(tmp_path, text))
     with_image = lens.prepare([Prompt("what is this?", images=image)])
     _compare(lens, with_image, _bridge_cache(tmp_path, with_image, pixel_values=with_image["pixel_values"]))
+
+
+@pytest.mark.parametrize("name", ["llava", "gemma3"])
+def test_a_reloaded_tiny_checkpoint_matches_transformerlens_bridge(name: str, tmp_path: Path, image) -> None:
+    model, processor = lensiar.testing.tiny_model(name)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    lens = lensiar.Lens.from_pretrained(tmp_path, attn_implementation="eager")  # the saved checkpoint, reloaded
+    with_image = lens.prepare([Prompt("what is this?", images=image)])
+    extra = {k: with_image[k] for k in ("pixel_values", "token_type_ids") if k in with_image}
+    _compare(lens, with_image, _bridge_cache(tmp_path, with_image, **extra))

@@ -168,3 +168,75 @@ def test_bf16_casts_vectors_keeps_bundles_fp32_and_probes_agree(smollm2: lensiar
     finally:
         handle.remove()
     assert out and set(seen) == {torch.bfloat16}
+
+
+def test_the_gpu_benchmark_says_in_one_line_that_it_needs_cuda() -> None:
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: benchmarks/gpu.py would run for real")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu.py")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stdout.count("\n") == 1 and "CUDA" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["llava", "gemma2"])
+def test_bake_in_place_equals_the_copy_and_undoes_bit_for_bit(name: str, image: Image.Image) -> None:
+    from lensiar.spec import weights_hash
+
+    lens = lensiar.Lens(*tiny_model(name))
+    prompts = prompts_for(lens, image)
+    kwargs = lens.model_inputs(lens.prepare(prompts))
+    head, layer = random_bundles(lens.spec, torch.Generator().manual_seed(3))
+    bundles = [head] if name == "gemma2" else [head, layer]  # gemma2 bakes head level only
+    before, plain = weights_hash(lens.model), lens.model(**kwargs).logits
+    flag = lens.model.config.get_text_config().attention_bias
+    copied = lens.bake(bundles, alpha=3.0, top_k=3)(**kwargs).logits
+    with lens.bake_in_place(bundles, alpha=3.0, top_k=3):
+        assert torch.equal(lens.model(**kwargs).logits, copied)
+        assert lens.model.config.get_text_config().attention_bias is True
+    assert weights_hash(lens.model) == before and torch.equal(lens.model(**kwargs).logits, plain)
+    assert lens.model.config.get_text_config().attention_bias == flag
+    assert all(b is None for b in (lens.o_proj(i).bias for i in range(lens.spec.n_layers)))
+    with pytest.raises(KeyError), lens.bake_in_place(head, alpha=3.0):
+        raise KeyError("inside the block")
+    assert weights_hash(lens.model) == before
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl"])
+def test_a_weighted_capture_is_reduced_per_layer_and_equals_the_full_sequence_average(name: str,
+                                                                                      image: Image.Image) -> None:
+    lens = lensiar.Lens(*tiny_model(name))
+    batch, mask = lens.prepare_with_responses(prompts_for(lens, image), ["Sure, here it is.", "No."])
+    weight = mask.float() / mask.float().sum(1, keepdim=True)
+    names = ["blocks.*.attn.hook_z", "blocks.*.hook_resid_post"]
+    reduced = lens.run_with_cache(batch, names, positions=weight)
+    full = lens.run_with_cache(batch, names, positions=mask)
+    for key in full:
+        want = torch.einsum("bs...,bs->b...", full[key], weight)
+        assert reduced[key].shape == want.shape and torch.allclose(reduced[key], want, atol=1e-6)
+
+
+def test_out_of_memory_halves_the_batch_and_at_one_says_what_to_do() -> None:
+    from lensiar.lens import OutOfMemory
+
+    lens = lensiar.Lens(*tiny_model("llama"))
+    prompts = [f"prompt number {i}" for i in range(8)]
+    want = lens.generate(prompts, max_new_tokens=3, batch_size=2)
+    limit = {"rows": 2}
+
+    def fail_when_big(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if args[0].shape[0] > limit["rows"]:  # as a GPU would, past its memory
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    handle = lens.model.get_input_embeddings().register_forward_pre_hook(fail_when_big)
+    try:
+        with pytest.warns(UserWarning, match="out of memory at batch_size=8; retrying at 4"):
+            assert lens.generate(prompts, max_new_tokens=3, batch_size=8) == want
+        limit["rows"] = 0
+        with pytest.raises(OutOfMemory, match="batch_size=1.*device_map='auto'"), pytest.warns(UserWarning):
+            lens.run_with_cache(prompts, "blocks.0.hook_resid_post", batch_size=4)
+    finally:
+        handle.remove()
