@@ -236,7 +236,7 @@ def test_out_of_memory_halves_the_batch_and_at_one_says_what_to_do() -> None:
         with pytest.warns(UserWarning, match="out of memory at batch_size=8; retrying at 4"):
             assert lens.generate(prompts, max_new_tokens=3, batch_size=8) == want
         limit["rows"] = 0
-        with pytest.raises(OutOfMemory, match="batch_size=1.*device_map='auto'"), pytest.warns(UserWarning):
+        with pytest.raises(OutOfMemory, match=r"batch_size=1.*device_map='auto'"), pytest.warns(UserWarning):
             lens.run_with_cache(prompts, "blocks.0.hook_resid_post", batch_size=4)
     finally:
         handle.remove()
