@@ -33,7 +33,7 @@ def test_spec_and_capture_on_a_saved_tiny_model(tmp_path: Path) -> None:
 
 def test_bad_model_and_bad_hook_name_give_clear_errors(tmp_path: Path) -> None:
     missing = _run("spec", str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "never downloads" in missing.stderr
+    assert missing.returncode == 2 and "neither a local directory" in missing.stderr
     model, tokenizer = lensiar.testing.tiny_model("llama")
     model.save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")

@@ -60,9 +60,12 @@ def test_a_failing_build_leaves_nothing_behind(tmp_path: Path, monkeypatch: pyte
     assert list((tmp_path / "models").iterdir()) == []
 
 
-def test_unknown_name_never_downloads() -> None:
-    with pytest.raises(FileNotFoundError, match="never downloads"):
-        resolve("meta-llama/Llama-3-8B")
+def test_a_hub_id_offline_and_not_cached_fails_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"'meta-llama/Llama-3-8B'.*HF_HUB_OFFLINE.*--local-dir DIR"):
+        resolve("meta-llama/Llama-3-8B", cache_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="neither a local directory"):
+        resolve(str(tmp_path / "not-there"))
 
 
 @pytest.mark.slow

@@ -240,3 +240,22 @@ def test_out_of_memory_halves_the_batch_and_at_one_says_what_to_do() -> None:
             lens.run_with_cache(prompts, "blocks.0.hook_resid_post", batch_size=4)
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_revision_vectors_follow_the_models_half_precision(dtype: torch.dtype, image: Image.Image) -> None:
+    model, processor = tiny_model("llava")
+    lens = lensiar.Lens(model.to(dtype), processor)
+    head, layer = random_bundles(lens.spec, torch.Generator().manual_seed(4))
+    seen: list[torch.dtype] = []
+    handles = [lens.o_proj(1).register_forward_hook(lambda _m, _a, out: seen.append(out.dtype)),
+               lens.layers[1].register_forward_hook(lambda _m, _a, out: seen.append(
+                   (out[0] if isinstance(out, tuple) else out).dtype))]
+    try:
+        with lens.revise([head, layer], alpha=2.0, top_k=4):
+            answers = lens.generate(prompts_for(lens, image), max_new_tokens=3)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(answers) == 2 and seen and set(seen) == {dtype}
+    assert head.vectors.dtype == layer.vectors.dtype == torch.float32
