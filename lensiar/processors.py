@@ -44,9 +44,11 @@ class PixtralImageOnlyProcessor:
         self.unit = patch_size * spatial_merge_size
 
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any:
+        """The tokenizer's chat template applied to ``conversation``."""
         return self.tokenizer.apply_chat_template(conversation, **kwargs)
 
     def __call__(self, text: list[str] | str, images: Any = None, **kwargs: Any) -> Any:
+        """Token ids (each ``[IMG]`` expanded to the image's rows of patches), ``pixel_values``, ``image_sizes``."""
         texts = [text] if isinstance(text, str) else list(text)
         tensors = kwargs.pop("return_tensors", "pt")
         if images is None:
@@ -79,9 +81,11 @@ class PixtralImageOnlyProcessor:
         (path / "processor_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     def batch_decode(self, *args: Any, **kwargs: Any) -> Any:
+        """The tokenizer's ``batch_decode``."""
         return self.tokenizer.batch_decode(*args, **kwargs)
 
     def decode(self, *args: Any, **kwargs: Any) -> Any:
+        """The tokenizer's ``decode``."""
         return self.tokenizer.decode(*args, **kwargs)
 
 
