@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     spec = sub.add_parser("spec", help="print a model's spec (layers, heads, fingerprint)")
-    spec.add_argument("model", help="local checkpoint directory or registry name, e.g. smollm2-135m-instruct")
+    spec.add_argument("model", help="registry name (organism, smollm2-135m-instruct), local checkpoint directory or hub id")
     spec.set_defaults(func=cmd_spec)
 
     cap = sub.add_parser("capture", help="capture hook values into a safetensors file")
@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.set_defaults(func=cmd_capture)
 
     def sample_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("model", help="local checkpoint directory or registry name")
+        p.add_argument("model", help="registry name, local checkpoint directory or hub id")
         p.add_argument("--strategy", default="query", choices=["query", "single_response", "multi_response", "modality"])
         p.add_argument("--n", type=_positive_int, default=128, help="harmful prompts (and as many harmless for query)")
         p.add_argument("--n-responses", type=_positive_int, default=4, help="responses per prompt for multi_response")
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     ext.set_defaults(func=cmd_extract)
 
     ev = sub.add_parser("eval", help="generate, judge and summarise on benchmarks (resumable JSONL)")
-    ev.add_argument("model", help="local checkpoint directory or registry name (smollm2-135m-instruct, organism)")
+    ev.add_argument("model", help="registry name (organism, smollm2-135m-instruct), local checkpoint directory or hub id")
     ev.add_argument("--preset", action="append", help="NAME[:VARIANT], e.g. safebench, xstest:safe, vlguard:unsafes")
     ev.add_argument("--file", action="append", help="a CSV/JSON/JSONL dataset (see --text-column)")
     ev.add_argument("--text-column", default="text")
@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_store)
 
     rv = sub.add_parser("revise", help="answers without and with a revision, side by side")
-    rv.add_argument("model", help="local checkpoint directory or registry name (smollm2-135m-instruct, organism)")
+    rv.add_argument("model", help="registry name (organism, smollm2-135m-instruct), local checkpoint directory or hub id")
     rv.add_argument("--bundle", required=True, help="a bundle file (.safetensors) or a name in --store")
     rv.add_argument("--store", default="vector_store")
     rv.add_argument("--prompt", action="append", required=True)
