@@ -4,6 +4,7 @@ the local cache, offloaded models (accelerate's device_map with CPU and disk), a
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -233,8 +234,11 @@ def test_out_of_memory_halves_the_batch_and_at_one_says_what_to_do() -> None:
 
     handle = lens.model.get_input_embeddings().register_forward_pre_hook(fail_when_big)
     try:
-        with pytest.warns(UserWarning, match="out of memory at batch_size=8; retrying at 4"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             assert lens.generate(prompts, max_new_tokens=3, batch_size=8) == want
+        assert [str(w.message) for w in caught] == ["generate: out of memory at batch_size=8; retrying at 4",
+                                                    "generate: out of memory at batch_size=4; retrying at 2"]
         limit["rows"] = 0
         with pytest.raises(OutOfMemory, match=r"batch_size=1.*device_map='auto'"), pytest.warns(UserWarning):
             lens.run_with_cache(prompts, "blocks.0.hook_resid_post", batch_size=4)
