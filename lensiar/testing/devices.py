@@ -6,7 +6,9 @@ tagged, ``.to("cuda")`` / ``device="cuda"`` tag (the data stays on the CPU), ``.
 untag, and ``tensor.device`` of a tagged tensor reads ``cuda:0``, so code that follows ``x.device`` behaves as
 on a GPU. An operation that mixes a tagged tensor with an untagged one of one or more dimensions raises
 :class:`DeviceMismatch`, as CUDA would ("Expected all tensors to be on the same device"). Indexing and
-copies, which CUDA allows across devices, are exempt; 0-dim CPU tensors mix freely, as on CUDA.
+copies, which CUDA allows across devices, are exempt; 0-dim CPU tensors mix freely, as on CUDA. Tensors
+made outside torch functions keep their source's tag: ``nn.Parameter(t)``, deep copies of parameters and the
+results of ``torch.vmap``ped functions.
 
 What it covers: Python-level torch calls in lensiar, transformers and nnsight (the whole forward pass, hooks,
 capture, revision, baking, probing glue). What it does not: kernels that only exist on CUDA, memory, streams,
@@ -129,13 +131,29 @@ def simulated_gpu(*modules: nn.Module) -> Iterator[None]:
         # nn.Parameter(t) wraps t outside torch functions: the parameter stays on t's device
         return _tag(new_parameter(cls, data, requires_grad), _tagged(data))  # type: ignore[no-any-return]
 
+    vmap = torch.vmap
+
+    def vmap_on_device(func: Any, *args: Any, **kwargs: Any) -> Any:
+        # functorch's batched tensors drop Python attributes: a vmapped function's result lives where its inputs do
+        mapped = vmap(func, *args, **kwargs)
+
+        def call(*inputs: Any, **named: Any) -> Any:
+            out = mapped(*inputs, **named)
+            if any(_tagged(t) for t in tree_flatten((inputs, named))[0]):
+                tree_map(_tag, out)
+            return out
+
+        return call
+
     nn.Parameter.__deepcopy__ = deepcopy_on_device  # type: ignore[method-assign,assignment]
     nn.Parameter.__new__ = parameter_on_device  # type: ignore[method-assign,assignment]
+    torch.vmap = vmap_on_device  # type: ignore[assignment]
     try:
         with SimulatedGPU():
             yield
     finally:
         nn.Parameter.__deepcopy__ = copy_parameter  # type: ignore[method-assign]
         nn.Parameter.__new__ = new_parameter  # type: ignore[method-assign,assignment]
+        torch.vmap = vmap  # type: ignore[assignment]
         for t in tensors:
             _tag(t, False)
