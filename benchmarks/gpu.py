@@ -4,7 +4,9 @@ probe -> extract -> revise pipeline in bf16 on the GPU, written to JSON.
 * capture: ``run_with_cache`` (hook_z + resid_post at every layer, last position) / a plain HF forward;
 * generation: ``generate`` under a head-level revision (top 8 heads) / plain ``generate``, 32 new tokens;
 * pipeline: organism, modality samples (n=64), probe_heads + extract (head level, mms), revise and generate
-  on 16 held-out TYPO prompts; seconds per step, and whether the revised answers differ.
+  on 16 TYPO prompts; seconds per step, how many answers the revision changed, and four of each. Alpha 2 and
+  top 8 are not tuned: this measures cost on the GPU, not the revision's effect (on the CPU smoke run the
+  revised answers are degenerate; see the demo and the evaluation runner for chosen settings and judged rates).
 
     python benchmarks/gpu.py [--out gpu.json] [--repeats 5]
 
