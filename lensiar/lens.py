@@ -39,9 +39,11 @@ def _backs_off_on_oom(method: Callable[..., T]) -> Callable[..., T]:
     """On an out-of-memory error, run the call again with half the batch size (a warning says so), down to 1;
     at 1, raise :class:`OutOfMemory` with what to do. A prepared batch (one forward pass) is not split."""
 
+    default = inspect.signature(method).parameters["batch_size"].default
+
     @functools.wraps(method)
     def wrapper(self: Lens, inputs: Inputs, *args: Any, batch_size: int | None = None, **kwargs: Any) -> T:
-        size = batch_size if batch_size is not None else _default(method, "batch_size")
+        size = batch_size if batch_size is not None else default
         while True:
             try:
                 return method(self, inputs, *args, batch_size=size, **kwargs)
@@ -58,10 +60,6 @@ def _backs_off_on_oom(method: Callable[..., T]) -> Callable[..., T]:
                 size //= 2
 
     return wrapper
-
-
-def _default(function: Callable[..., Any], name: str) -> Any:
-    return inspect.signature(function).parameters[name].default
 
 
 class OutOfMemory(RuntimeError):
@@ -271,7 +269,8 @@ class Lens:
 
     def model_inputs(self, batch: BatchEncoding) -> dict[str, Any]:
         """``batch`` on the model's device, plus position ids that ignore left padding where the model needs them."""
-        kwargs = {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+        device = self.device
+        kwargs = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
         for key in self.arch.drop_inputs:
             kwargs.pop(key, None)
         if self.arch.position_ids and "position_ids" not in kwargs and "attention_mask" in kwargs:

@@ -44,11 +44,13 @@ def input_device(model: nn.Module) -> torch.device:
     execution device in the device map (never ``meta``)."""
     getter = getattr(model, "get_input_embeddings", None)
     embedding = getter() if callable(getter) else None
+    weight = getattr(embedding, "weight", None)
+    if not is_dispatched(model) and isinstance(weight, Tensor) and weight.device.type != "meta":
+        return weight.device  # the common case, on every batch: no walk over the modules
     if isinstance(embedding, nn.Module):
         hook = next((_hook(m) for m in _ancestors(model, embedding) if _hook(m) is not None), None)
         if hook is not None:
             return _as_device(hook.execution_device)
-        weight = getattr(embedding, "weight", None)
         if isinstance(weight, Tensor) and weight.device.type != "meta":
             return weight.device
     for place in (getattr(model, "hf_device_map", None) or {}).values():

@@ -103,6 +103,7 @@ OFFLOAD_NAMES = ["blocks.*.attn.hook_z", "blocks.*.hook_resid_post"]
 def _same_pipeline(offloaded: lensiar.Lens, ref: lensiar.Lens, prompts: list[lensiar.Prompt]) -> None:
     """Capture, head/layer/gated revision and generate on ``offloaded`` equal those of the in-memory ``ref``."""
     assert is_offloaded(offloaded.model) and not is_offloaded(ref.model)
+    hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in offloaded.model.modules())
     assert offloaded.spec == ref.spec  # the fingerprint reads offloaded weights one module at a time
     got, want = offloaded.run_with_cache(prompts, OFFLOAD_NAMES), ref.run_with_cache(prompts, OFFLOAD_NAMES)
     assert max((got[k] - want[k]).abs().max().item() for k in want) <= 1e-5
@@ -113,8 +114,7 @@ def _same_pipeline(offloaded: lensiar.Lens, ref: lensiar.Lens, prompts: list[len
             revised = ref.generate(prompts, max_new_tokens=4)
         with offloaded.revise(bundle, alpha=3.0, top_k=4, gate=gate):
             assert offloaded.generate(prompts, max_new_tokens=4) == revised
-    before = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in offloaded.model.modules())
-    assert before == sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in offloaded.model.modules())
+    assert hooks == sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in offloaded.model.modules())
     with pytest.raises(RevisionError, match="offloaded"):
         offloaded.bake(head, alpha=1.0)
 
