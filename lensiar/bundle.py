@@ -4,12 +4,14 @@ Tensors (head level / layer level):
     ``vectors``  ``[n_layers, n_heads, d_head]`` / ``[n_layers, d_model]``, unit norm along the last axis
     ``sigma``    ``[n_layers, n_heads]`` / ``[n_layers]``, spread of the samples along each vector
     ``accuracy`` same shape as ``sigma``, held-out probe accuracy in [0, 1]
+    ``loss``     same shape as ``sigma``, held-out probe log-loss in nats (format 3; ranks the heads or layers)
 
 The header's ``lensiar`` entry holds the format version, the model's spec (fingerprint and shape),
 method, strategy, level, data ids and counts, default alpha / top_k and the lensiar version. Files
 are written atomically (temporary file + rename) and never pickled. The header also holds ``sha256``, a hash
 of the lensiar metadata and of every tensor's name, dtype, shape and bytes, checked on load, so silent corruption of the tensor data is
-refused (format 2; format-1 files, which have none, still load).
+refused (format 2; format-1 files, which have none, still load). Format 3 adds ``loss``; files without it
+rank by accuracy alone.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from lensiar.probes import Gate, top_heads
+from lensiar.probes import Gate, rank_cells
 from lensiar.spec import ModelSpec
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  #: format 1 has no content hash
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  #: format 1 has no content hash; formats 1-2 have no held-out loss
 LEVELS = ("head", "layer")
 UNIT_TOLERANCE = 1e-3  #: how far from 1 a stored vector's norm may be
 STALE_SECONDS = 600  #: a save's temporary file older than this was left by a killed save; the next save removes it
@@ -69,19 +71,20 @@ class RevisionBundle:
     data: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=lambda: {"alpha": 1.0, "top_k": 8})
     gate: Gate | None = None
+    loss: Float[Tensor, "n_layers ..."] | None = None
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
             raise BundleError(f"level must be one of {LEVELS}, got {self.level!r}")
         expected = self.vectors.ndim - 1
-        for name in ("sigma", "accuracy"):
+        for name in self._per_cell():
             t = getattr(self, name)
             if tuple(t.shape) != tuple(self.vectors.shape[:expected]):
                 raise BundleError(f"{name} has shape {tuple(t.shape)}, expected {tuple(self.vectors.shape[:expected])}")
         want = 3 if self.level == "head" else 2
         if self.vectors.ndim != want:
             raise BundleError(f"a {self.level}-level bundle has {want}-D vectors, got shape {tuple(self.vectors.shape)}")
-        for name in ("vectors", "sigma", "accuracy"):
+        for name in ("vectors", *self._per_cell()):
             t = getattr(self, name)
             if not isinstance(t, Tensor) or not t.is_floating_point():
                 raise BundleError(f"bundle {name} must be a floating-point tensor, got "
@@ -99,6 +102,8 @@ class RevisionBundle:
         if ((self.accuracy < 0) | (self.accuracy > 1)).any():
             raise BundleError(f"bundle accuracy must lie in [0, 1], got {float(self.accuracy.min()):.4g}.."
                               f"{float(self.accuracy.max()):.4g}")
+        if self.loss is not None and (self.loss < 0).any():
+            raise BundleError(f"bundle loss (held-out log-loss) must be >= 0, got a minimum of {float(self.loss.min()):.4g}")
         for name in ("model", "data", "defaults"):
             if not isinstance(getattr(self, name), dict):
                 raise BundleError(f"bundle {name} must be a dict, got {type(getattr(self, name)).__name__}")
@@ -114,6 +119,10 @@ class RevisionBundle:
                                   f"not fit a model of {self.vectors.shape[0]} layers and d_model {d_model}")
             if not torch.isfinite(self.gate.weight).all() or not math.isfinite(self.gate.bias):
                 raise BundleError("bundle gate contains NaN or infinite values")
+
+    def _per_cell(self) -> tuple[str, ...]:
+        """Names of the tensors with one value per head (or layer)."""
+        return ("sigma", "accuracy") if self.loss is None else ("sigma", "accuracy", "loss")
 
     def _check_defaults(self) -> None:
         if unknown := sorted(set(self.defaults) - {"alpha", "top_k"}):
@@ -145,17 +154,20 @@ class RevisionBundle:
                 f"{self.defaults.get('top_k', 8)}{gate})")
 
     def _repr_html_(self) -> str:
-        chosen = self.selection().nonzero().tolist()[:10]
-        rows = "".join(f"<tr><td>{f'L{c[0]}H{c[1]}' if len(c) == 2 else f'L{c[0]}'}</td>"
-                       f"<td>{float(self.accuracy[tuple(c)]):.3f}</td><td>{float(self.sigma[tuple(c)]):.3g}</td></tr>"
+        chosen = rank_cells(self.loss, self.accuracy, int(self.defaults.get("top_k", 8)))[:10]
+        loss = (lambda c: f"{float(self.loss[c]):.4f}") if self.loss is not None else (lambda c: "-")
+        rows = "".join(f"<tr><td>{f'L{c[0]}H{c[1]}' if len(c) == 2 else f'L{c[0]}'}</td><td>{loss(c)}</td>"
+                       f"<td>{float(self.accuracy[c]):.3f}</td><td>{float(self.sigma[c]):.3g}</td></tr>"
                        for c in chosen)
-        return (f"<p>{self!r}</p><table><tr><th>selected</th><th>accuracy</th><th>sigma</th></tr>{rows}</table>")
+        return (f"<p>{self!r}</p><table><tr><th>selected</th><th>held-out log-loss</th><th>accuracy</th>"
+                f"<th>sigma</th></tr>{rows}</table>")
 
     # ------------------------------------------------------------------ selection
     def selection(self, top_k: int | None = None, layers: list[int] | None = None) -> Bool[Tensor, "n_layers ..."]:
         """What a revision touches: ``[n_layers, n_heads]`` (head level) or ``[n_layers]`` (layer level).
 
-        The ``top_k`` heads (or layers) by held-out probe accuracy, among ``layers`` if given. At layer
+        The ``top_k`` heads (or layers) by held-out probe log-loss (by accuracy for bundles that have no loss),
+        among ``layers`` if given. At layer
         level, ``layers`` without ``top_k`` selects exactly those layers. ``top_k`` defaults to the bundle's.
         """
         n_layers = self.vectors.shape[0]
@@ -170,15 +182,9 @@ class RevisionBundle:
         k = int(self.defaults.get("top_k", 8) if top_k is None else top_k)
         if k < 0:
             raise BundleError(f"top_k must be >= 0, got {k}")
-        if self.level == "head":
-            chosen = torch.zeros(self.accuracy.shape, dtype=torch.bool)
-            for layer, head in top_heads(self.accuracy, k, layers):
-                chosen[layer, head] = True
-            return chosen
-        allowed = range(n_layers) if layers is None else layers
-        order = sorted(allowed, key=lambda i: (-float(self.accuracy[i]), i))[:k]
-        chosen = torch.zeros(n_layers, dtype=torch.bool)
-        chosen[order] = True
+        chosen = torch.zeros(self.accuracy.shape, dtype=torch.bool)
+        for cell in rank_cells(self.loss, self.accuracy, k, layers):
+            chosen[cell] = True
         return chosen
 
     # ------------------------------------------------------------------ arithmetic
@@ -187,10 +193,13 @@ class RevisionBundle:
         """``sigma * vectors``: the displacement applied at alpha = 1."""
         return self.sigma.unsqueeze(-1) * self.vectors
 
-    def _from_shift(self, shift: Tensor, accuracy: Tensor) -> RevisionBundle:
+    def _from_shift(self, shift: Tensor, other: RevisionBundle) -> RevisionBundle:
+        """A bundle holding ``shift``; each cell keeps the better probe score of the two operands."""
         norm = shift.norm(dim=-1)
         vectors = torch.where(norm.unsqueeze(-1) > 0, shift / norm.clamp_min(1e-12).unsqueeze(-1), self.vectors)
-        return replace(self, vectors=vectors, sigma=norm, accuracy=accuracy, method=f"{self.method}*")
+        loss = None if self.loss is None or other.loss is None else torch.minimum(self.loss, other.loss)
+        return replace(self, vectors=vectors, sigma=norm, accuracy=torch.maximum(self.accuracy, other.accuracy),
+                       loss=loss, method=f"{self.method}*")
 
     def _check_compatible(self, other: RevisionBundle) -> None:
         if self.level != other.level or self.vectors.shape != other.vectors.shape:
@@ -201,7 +210,7 @@ class RevisionBundle:
 
     def __add__(self, other: RevisionBundle) -> RevisionBundle:
         self._check_compatible(other)
-        return self._from_shift(self.shift + other.shift, torch.maximum(self.accuracy, other.accuracy))
+        return self._from_shift(self.shift + other.shift, other)
 
     def __sub__(self, other: RevisionBundle) -> RevisionBundle:
         return self + (-other)
@@ -233,7 +242,7 @@ class RevisionBundle:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tensors = {n: getattr(self, n).detach().to("cpu", torch.float32).contiguous()
-                   for n in ("vectors", "sigma", "accuracy")}
+                   for n in ("vectors", *self._per_cell())}
         if self.gate is not None:
             tensors["gate_weight"] = self.gate.weight.detach().to("cpu", torch.float32).contiguous()
         for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a save killed mid-way
@@ -300,7 +309,8 @@ class RevisionBundle:
         missing = {"vectors", "sigma", "accuracy"} - set(tensors)
         if missing:
             raise BundleError(f"{path} lacks tensors {sorted(missing)}")
-        if extra := set(tensors) - {"vectors", "sigma", "accuracy", "gate_weight"}:
+        known = {"vectors", "sigma", "accuracy", "gate_weight"} | ({"loss"} if version >= 3 else set())
+        if extra := set(tensors) - known:
             raise BundleError(f"{path} holds unknown tensors {sorted(extra)}")
         for key, kind in (("level", str), ("model", dict), ("method", str), ("strategy", str)):
             if not isinstance(meta.get(key), kind):
@@ -318,7 +328,7 @@ class RevisionBundle:
             raise BundleError(f"{path} holds a gate_weight tensor but no gate metadata")
         return cls(vectors=tensors["vectors"], sigma=tensors["sigma"], accuracy=tensors["accuracy"],
                    level=meta["level"], model=meta["model"], method=meta["method"], strategy=meta["strategy"],
-                   data=meta.get("data", {}), defaults=meta.get("defaults", {}), gate=gate)
+                   data=meta.get("data", {}), defaults=meta.get("defaults", {}), gate=gate, loss=tensors.get("loss"))
 
     def validate(self, spec: ModelSpec) -> None:
         """Raise :class:`BundleError` unless this bundle fits the model described by ``spec``: its stated shape

@@ -92,15 +92,17 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
 
     lens = Lens.from_pretrained(args.model)
     result = probe_heads(lens, _samples(args), val_fraction=args.val_fraction, seed=args.seed)
-    top = [{"layer": layer, "head": head, "accuracy": round(float(result.accuracy[layer, head]), 4)}
-           for layer, head in result.top(args.top_k)]
+    top = [{"layer": layer, "head": head, "log_loss": round(float(result.loss[layer, head]), 5),
+            "accuracy": round(float(result.accuracy[layer, head]), 4)} for layer, head in result.top(args.top_k)]
     out: dict[str, Any] = {"model": args.model, "strategy": args.strategy, "seed": args.seed,
-                           "n_train": len(result.train_ids), "n_val": len(result.val_ids), "top_heads": top,
-                           "layer_accuracy": [round(float(a), 4) for a in result.layer_accuracy]}
+                           "n_train": len(result.train_ids), "n_val": len(result.val_ids),
+                           "ranked_by": f"{result.ranked_by()} (nats per sample, lower first)", "top_heads": top,
+                           "layer_accuracy": [round(float(a), 4) for a in result.layer_accuracy],
+                           "layer_log_loss": [round(float(a), 5) for a in result.layer_loss]}
     if args.out:
-        out["accuracy"] = result.accuracy.tolist()
+        out["accuracy"], out["log_loss"] = result.accuracy.tolist(), result.loss.tolist()
         _write_json(Path(args.out), out)
-        out = {k: v for k, v in out.items() if k != "accuracy"} | {"out": args.out}
+        out = {k: v for k, v in out.items() if k not in ("accuracy", "log_loss")} | {"out": args.out}
     return out
 
 
@@ -376,10 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--val-fraction", type=float, default=0.25)
         p.add_argument("--seed", type=_non_negative_int, default=0)
 
-    probe = sub.add_parser("probe", help="probe every head and layer; rank heads by held-out accuracy")
+    probe = sub.add_parser("probe", help="probe every head and layer; rank heads by held-out log-loss")
     sample_options(probe)
     probe.add_argument("--top-k", type=_positive_int, default=10)
-    probe.add_argument("--out", help="also write the full accuracy matrix to this JSON file")
+    probe.add_argument("--out", help="also write the full accuracy and log-loss matrices to this JSON file")
     probe.set_defaults(func=cmd_probe)
 
     ext = sub.add_parser("extract", help="extract revision vectors into a bundle")

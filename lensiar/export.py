@@ -24,12 +24,20 @@ def export_control_vector(
     layers: list[int] | None = None,
     model_hint: str | None = None,
 ) -> Path:
-    """Write the selected layers' shifts as a llama.cpp control vector (atomically); returns the path."""
+    """Write the selected layers' shifts as a llama.cpp control vector (atomically); returns the path.
+
+    The selection is the bundle's (``top_k`` best layers, or exactly ``layers``); without ``layers`` it is made
+    among layers 1.. since llama.cpp cannot steer block 0's output.
+    """
     import gguf
 
     if bundle.level != "layer":
         raise BundleError("llama.cpp control vectors act on the residual stream: export a layer-level bundle")
-    chosen = bundle.selection(top_k, layers)
+    if layers is None:
+        k = bundle.defaults.get("top_k", 1) if top_k is None else top_k
+        chosen = bundle.selection(k, list(range(1, bundle.vectors.shape[0])))
+    else:
+        chosen = bundle.selection(top_k, layers)
     if bool(chosen[0]):
         raise BundleError("llama.cpp cannot steer the output of block 0; choose other layers (layers=[...])")
     a = float(bundle.defaults.get("alpha", 1.0) if alpha is None else alpha)

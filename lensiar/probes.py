@@ -10,6 +10,7 @@ rather than a Python loop of fits.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ CHUNK_BYTES = 7 * 2**20  # float32 features per fitting chunk: small enough to s
 DIAGONAL_ITERATIONS = 15  # conjugate-gradient iterations under the diagonal preconditioner, then the full one
 PCG_ITERATIONS = 25  # conjugate-gradient iterations under the full preconditioner before Newton
 LINE_SEARCH_STEPS = 2  # 1-D Newton steps on the step length per conjugate-gradient iteration
+CV_FOLDS = 4  #: folds of the cross-validated log-loss that ranks heads and layers
 
 
 def _fit_chunk(
@@ -262,6 +264,34 @@ def accuracy(
     return (pred == y.bool().unsqueeze(0)).float().mean(1)
 
 
+def log_loss(
+    x: Float[Tensor, "g n d"], y: Int[Tensor, " n"], w: Float[Tensor, "g d"], b: Float[Tensor, " g"]
+) -> Float[Tensor, " g"]:
+    """Mean binary cross-entropy of each probe on rows ``x`` (nats per row; 0 is perfect, ln 2 is chance)."""
+    logits = torch.einsum("gnd,gd->gn", x.float(), w).double() + b.double().unsqueeze(1)
+    target = y.double().unsqueeze(0).expand_as(logits)
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1).float()
+
+
+def rank_cells(
+    loss: Float[Tensor, "n_layers ..."] | None, accuracy: Float[Tensor, "n_layers ..."], k: int,
+    layers: Sequence[int] | None = None,
+) -> list[tuple[int, ...]]:
+    """The ``k`` best cells (``(layer, head)`` or ``(layer,)``), best first, among ``layers`` if given.
+
+    Ranked by held-out log-loss (lower first; continuous, so ties essentially never decide), then accuracy.
+    With no ``loss`` (bundles saved before format 3) by accuracy alone, ties to lower indices.
+    """
+    allowed = set(range(accuracy.shape[0]) if layers is None else layers)
+    cells = [c for c in (tuple(int(i) for i in idx) for idx in torch.ones_like(accuracy).nonzero().tolist())
+             if c[0] in allowed]
+    if loss is None:
+        cells.sort(key=lambda c: (-float(accuracy[c]), c))
+    else:
+        cells.sort(key=lambda c: (float(loss[c]), -float(accuracy[c]), c))
+    return cells[:k]
+
+
 @dataclass(frozen=True)
 class Gate:
     """A probe on the residual after ``layer`` at the last prompt token: revise only where it says pos (harmful).
@@ -288,7 +318,13 @@ class Gate:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """Held-out accuracies of one probe per head and per layer, with the probes themselves."""
+    """Held-out scores of one probe per head and per layer, with the probes themselves.
+
+    ``loss`` / ``layer_loss`` are held-out log-losses (nats per sample; cross-validated over ``folds`` folds,
+    or on the held-out split when ``folds`` is None) and rank the heads and layers; ``accuracy`` /
+    ``layer_accuracy`` (on the held-out split) are shown beside them. Accuracy alone ties: on SmolLM2's
+    multi_response samples 233 of 270 heads reach 1.0 held out.
+    """
 
     accuracy: Float[Tensor, "n_layers n_heads"]
     layer_accuracy: Float[Tensor, " n_layers"]
@@ -300,30 +336,39 @@ class ProbeResult:
     val_ids: tuple[str, ...]
     seed: int
     C: float
+    loss: Float[Tensor, "n_layers n_heads"]
+    layer_loss: Float[Tensor, " n_layers"]
+    folds: int | None = CV_FOLDS
 
     def __repr__(self) -> str:
-        top = ", ".join(f"L{layer}H{head} {float(self.accuracy[layer, head]):.2f}" for layer, head in self.top(3))
+        top = ", ".join(f"L{layer}H{head} {float(self.accuracy[layer, head]):.2f} ({float(self.loss[layer, head]):.3g})"
+                        for layer, head in self.top(3))
         n_layers, n_heads = self.accuracy.shape
         return (f"ProbeResult({n_layers} layers x {n_heads} heads, {len(self.train_ids)} train / {len(self.val_ids)} "
-                f"held out, seed {self.seed}; top: {top})")
+                f"held out, seed {self.seed}; top by {self.ranked_by()}: {top})")
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>L{layer}H{head}</td><td>{float(self.accuracy[layer, head]):.3f}</td></tr>"
-                       for layer, head in self.top(10))
-        return (f"<p>{repr(self)[len('ProbeResult('):-1]}</p><table><tr><th>head</th><th>held-out accuracy</th></tr>"
-                f"{rows}</table>")
+        rows = "".join(f"<tr><td>{rank}</td><td>L{layer}H{head}</td><td>{float(self.loss[layer, head]):.4f}</td>"
+                       f"<td>{float(self.accuracy[layer, head]):.3f}</td></tr>"
+                       for rank, (layer, head) in enumerate(self.top(10), 1))
+        return (f"<p>{repr(self)[len('ProbeResult('):-1]}</p><table><tr><th>rank</th><th>head</th>"
+                f"<th>held-out log-loss</th><th>held-out accuracy</th></tr>{rows}</table>")
+
+    def ranked_by(self) -> str:
+        """What orders the heads, in words."""
+        return "held-out log-loss" if self.folds is None else f"{self.folds}-fold cross-validated log-loss"
 
     def top(self, k: int) -> list[tuple[int, int]]:
-        """The ``k`` most accurate heads as ``(layer, head)``, best first (ties: lower layer, lower head)."""
-        return top_heads(self.accuracy, k)
+        """The ``k`` best heads as ``(layer, head)``, best first: lowest held-out log-loss, then accuracy."""
+        return top_heads(self.accuracy, k, loss=self.loss)
 
     def top_layers(self, k: int) -> list[int]:
-        """The ``k`` layers whose residual probe is most accurate, best first."""
-        order = sorted(range(len(self.layer_accuracy)), key=lambda i: (-float(self.layer_accuracy[i]), i))
-        return order[:k]
+        """The ``k`` layers whose residual probe has the lowest held-out log-loss, best first."""
+        return [c[0] for c in rank_cells(self.layer_loss, self.layer_accuracy, k)]
 
     def gate(self, layer: int | None = None, threshold: float = 0.5, images_only: bool = False) -> Gate:
-        """A conditional-revision gate from the residual probe at ``layer`` (default: the most accurate layer)."""
+        """A conditional-revision gate from the residual probe at ``layer`` (default: the best layer, by
+        held-out log-loss)."""
         chosen = self.top_layers(1)[0] if layer is None else layer
         return Gate(chosen, self.layer_weight[chosen].clone(), float(self.layer_bias[chosen]), threshold, images_only)
 
@@ -337,18 +382,50 @@ def split_averaged_layer_accuracy(acts: SampleActivations, seeds: Sequence[int],
     """
     if not seeds:
         raise ValueError("split_averaged_layer_accuracy needs at least one seed")
-    runs = [probe_heads(None, acts, val_fraction=val_fraction, seed=s, C=C, progress=False).layer_accuracy
+    runs = [probe_heads(None, acts, val_fraction=val_fraction, seed=s, C=C, progress=False, folds=None).layer_accuracy
             for s in seeds]
     return torch.stack(runs).mean(0)
 
 
-def top_heads(accuracy: Float[Tensor, "n_layers n_heads"], k: int, layers: list[int] | None = None) -> list[tuple[int, int]]:
-    """The ``k`` best (layer, head) by accuracy, optionally only in ``layers``; ties go to lower indices."""
-    n_layers, n_heads = accuracy.shape
-    allowed = range(n_layers) if layers is None else layers
-    cells = [(layer, h) for layer in allowed for h in range(n_heads)]
-    cells.sort(key=lambda c: (-float(accuracy[c]), c))
-    return cells[:k]
+def top_heads(accuracy: Float[Tensor, "n_layers n_heads"], k: int, layers: Sequence[int] | None = None,
+              loss: Float[Tensor, "n_layers n_heads"] | None = None) -> list[tuple[int, int]]:
+    """The ``k`` best (layer, head), optionally only in ``layers``: by ``loss`` (held-out log-loss) where
+    given, else by accuracy with ties to lower indices (see :func:`rank_cells`)."""
+    return [(c[0], c[1]) for c in rank_cells(loss, accuracy, k, layers)]
+
+
+def _flat_heads(acts: SampleActivations) -> Float[Tensor, "g n d_head"]:
+    """Every head's features as one group: ``[n_layers * n_heads, n, d_head]``."""
+    n_layers, n_heads, d_head = acts.z.shape[1:]
+    return acts.z.permute(1, 2, 0, 3).reshape(n_layers * n_heads, len(acts), d_head)
+
+
+def cross_validated_loss(acts: SampleActivations, folds: int = CV_FOLDS, seed: int = 0, C: float = 1.0,
+                         ) -> tuple[Float[Tensor, "n_layers n_heads"], Float[Tensor, " n_layers"]]:
+    """Per head and per layer, the mean log-loss (nats per sample) of every sample under a probe fitted on the
+    other folds; folds are made of whole sample groups, assigned by a seeded shuffle.
+
+    Every sample is held out once, so the score reads all of them: on SmolLM2 the top 16 heads of two split
+    seeds share 4-9 heads by one 25% split's log-loss, 11-14 by 4-fold cross-validation
+    (``benchmarks/ranking_stability.py``).
+    """
+    unique = sorted(set(acts.groups))
+    if folds < 2 or folds > len(unique):
+        raise ValueError(f"folds must lie in 2..{len(unique)} (the number of sample groups), got {folds}")
+    random.Random(seed).shuffle(unique)
+    fold_of = {group: i % folds for i, group in enumerate(unique)}
+    rows = torch.tensor([fold_of[g] for g in acts.groups])
+    heads, layers = _flat_heads(acts), acts.resid.transpose(0, 1)
+    head_total, layer_total = torch.zeros(heads.shape[0], dtype=torch.float64), torch.zeros(layers.shape[0], dtype=torch.float64)
+    for k in range(folds):
+        fit, held = (rows != k).nonzero().flatten(), (rows == k).nonzero().flatten()
+        if len(set(acts.labels[fit].tolist())) < 2:
+            raise ValueError(f"fold {k} leaves one label only in its training part; use fewer folds")
+        for x, total in ((heads, head_total), (layers, layer_total)):
+            w, b = fit_logistic(x[:, fit], acts.labels[fit], C=C)
+            total += log_loss(x[:, held], acts.labels[held], w, b).double() * len(held)
+    n_layers, n_heads = acts.z.shape[1:3]
+    return (head_total / len(acts)).float().reshape(n_layers, n_heads), (layer_total / len(acts)).float()
 
 
 def probe_heads(
@@ -359,11 +436,15 @@ def probe_heads(
     C: float = 1.0,
     batch_size: int = 16,
     progress: bool = True,
+    folds: int | None = CV_FOLDS,
 ) -> ProbeResult:
-    """Probe every head (``attn.hook_z``) and every layer (``hook_resid_post``); score on a held-out split.
+    """Probe every head (``attn.hook_z``) and every layer (``hook_resid_post``); score them held out.
 
-    ``samples`` may be a :class:`SampleSet` (read through ``lens``) or activations already read.
-    The split is by sample group and seeded, so the result is deterministic under ``seed``.
+    The probes (weights, and the accuracies shown) come from one seeded split by sample group
+    (``val_fraction`` held out). Heads and layers are ranked by their ``folds``-fold cross-validated
+    log-loss (:func:`cross_validated_loss`, same seed), a continuous score that reads every sample; with
+    ``folds=None`` by the log-loss on the held-out split alone (cheaper, noisier). ``samples`` may be a
+    :class:`SampleSet` (read through ``lens``) or activations already read. Deterministic under ``seed``.
     """
     acts = samples if isinstance(samples, SampleActivations) else None
     if acts is None:
@@ -373,12 +454,16 @@ def probe_heads(
         acts = sample_activations(lens, samples, batch_size=batch_size, progress=progress)
     train, val = acts.split(val_fraction, seed)
     n_layers, n_heads, d_head = train.z.shape[1:]
-    heads_train = train.z.permute(1, 2, 0, 3).reshape(n_layers * n_heads, len(train), d_head)
-    heads_val = val.z.permute(1, 2, 0, 3).reshape(n_layers * n_heads, len(val), d_head)
+    heads_train, heads_val = _flat_heads(train), _flat_heads(val)
     hw, hb = fit_logistic(heads_train, train.labels, C=C)
     head_acc = accuracy(heads_val, val.labels, hw, hb).reshape(n_layers, n_heads)
-    layers_train = train.resid.transpose(0, 1)
+    layers_train, layers_val = train.resid.transpose(0, 1), val.resid.transpose(0, 1)
     lw, lb = fit_logistic(layers_train, train.labels, C=C)
-    layer_acc = accuracy(val.resid.transpose(0, 1), val.labels, lw, lb)
+    layer_acc = accuracy(layers_val, val.labels, lw, lb)
+    if folds is None:
+        head_loss = log_loss(heads_val, val.labels, hw, hb).reshape(n_layers, n_heads)
+        layer_loss = log_loss(layers_val, val.labels, lw, lb)
+    else:
+        head_loss, layer_loss = cross_validated_loss(acts, folds, seed, C)
     return ProbeResult(head_acc, layer_acc, hw.reshape(n_layers, n_heads, d_head), hb.reshape(n_layers, n_heads),
-                       lw, lb, train.ids, val.ids, seed, C)
+                       lw, lb, train.ids, val.ids, seed, C, head_loss, layer_loss, folds)

@@ -85,7 +85,7 @@ def write_report(out: str | Path, title: str, figures: Mapping[str, Path], table
 def head_report(lens: Any, out: str | Path, harmful_text: Sequence[Any], harmful_image: Sequence[Any],
                 ranking: Any, bundle: Any = None, alpha_rows: Sequence[Mapping[str, Any]] = (), top_k: int = 10
                 ) -> dict[str, Path]:
-    """Probe accuracy, direct attribution (on the image prompts) and text->image patching heatmaps, the
+    """Probe log-loss (the ranking) and accuracy, direct attribution (on the image prompts) and text->image patching heatmaps, the
     top-heads table, ASR-vs-alpha rows and the bundle's metadata, as PNG + markdown + HTML."""
     from lensiar.attribution import direct_attribution, patch_heads
 
@@ -95,6 +95,9 @@ def head_report(lens: Any, out: str | Path, harmful_text: Sequence[Any], harmful
     attribution = direct_attribution(lens, list(harmful_image))
     patching = patch_heads(lens, list(harmful_text), list(harmful_image))
     figures = {
+        "Probe log-loss (held out; ranks the heads, boxes = top heads)": head_heatmap(
+            ranking.loss.clamp_min(1e-6).log10(), folder / "probe_loss.png", "held-out probe log-loss (log10)",
+            "log10(nats per sample)", marks=top),
         "Probe accuracy (held out)": head_heatmap(ranking.accuracy, folder / "probe_accuracy.png",
                                                   "held-out probe accuracy", "accuracy", marks=top),
         "Direct attribution to the refusal score (image prompts)": head_heatmap(
@@ -102,7 +105,8 @@ def head_report(lens: Any, out: str | Path, harmful_text: Sequence[Any], harmful
         "Patching z from the text run into the image run": head_heatmap(
             patching, folder / "patching.png", "text -> image patching effect", "refusal score change", diverging=True),
     }
-    rows = [{"rank": i + 1, "layer": layer, "head": head, "probe_accuracy": round(float(ranking.accuracy[layer, head]), 3),
+    rows = [{"rank": i + 1, "layer": layer, "head": head, "probe_log_loss": round(float(ranking.loss[layer, head]), 4),
+             "probe_accuracy": round(float(ranking.accuracy[layer, head]), 3),
              "attribution": round(float(attribution[layer, head]), 4), "patching": round(float(patching[layer, head]), 4)}
             for i, (layer, head) in enumerate(top)]
     tables: dict[str, Sequence[Mapping[str, Any]]] = {"Top heads": rows}

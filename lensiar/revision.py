@@ -163,7 +163,7 @@ def revise(
 
     Args:
         alpha: strength in units of each vector's sigma (default: the bundle's).
-        top_k: heads (head level) or layers (layer level) revised, ranked by held-out probe accuracy.
+        top_k: heads (head level) or layers (layer level) revised, ranked by held-out probe log-loss.
         layers: restrict the selection to these layers.
         gate: ``True`` uses the bundle's gate, or give a :class:`Gate`: revise only the prompts the
             gate's probe flags (decided on the last prompt token of the unrevised model).

@@ -3,7 +3,9 @@
 Strategies (``docs/concepts.md``, "Samples"; pos is the side a revision moves towards):
     query            harmful prompt (pos) vs harmless prompt (neg), read at the last prompt token
     single_response  harmful prompt + one refusal (pos) vs + one compliant answer (neg), teacher-forced,
-                     read as the mean over the response tokens
+                     read as the mean over the response tokens; real answers with ``responses=``
+                     (:mod:`lensiar.responses`), templated ones otherwise; the prompt is the request as text,
+                     or drawn in an image with ``image=``
     multi_response   as single_response with several refusals and compliant answers per prompt
     modality         the harmful request as text (pos) vs the same request drawn in an image (neg)
 """
@@ -24,6 +26,7 @@ from torch import Tensor
 from lensiar.data_sources import Record, compliant_openings, load_source
 from lensiar.prompt import Prompt
 from lensiar.render import TYPO_PROMPT, fits, render_phrase
+from lensiar.responses import Responses
 
 STRATEGIES = ("query", "single_response", "multi_response", "modality")
 
@@ -129,6 +132,7 @@ def build_samples(
     system: str | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
+    responses: Responses | None = None,
 ) -> SampleSet:
     """Build contrastive samples with one of :data:`STRATEGIES`.
 
@@ -140,8 +144,12 @@ def build_samples(
         compliances: record -> compliant answers (default: openings built from the record's target).
         n: harmful prompts used (and as many harmless ones for ``query``); ``None`` = all.
         n_responses: refusals and compliant answers per prompt for ``multi_response``.
-        image: text -> image for ``modality`` (default: :func:`lensiar.render.render_phrase`).
-        image_prompt: the text that goes with the image for ``modality``.
+        image: text -> image for ``modality`` (default: :func:`lensiar.render.render_phrase`); for the response
+            strategies, draws each request in an image (the prompt is then ``image_prompt`` + the image).
+        image_prompt: the text that goes with the image.
+        responses: real answers per request id (:func:`lensiar.responses.real_responses`) for the response
+            strategies; requests with fewer than ``n_responses`` of either kind are skipped (counted in
+            ``sources["skipped"]``), so the classes stay balanced.
         seed: which prompts and responses are drawn.
     """
     if strategy not in STRATEGIES:
@@ -176,14 +184,43 @@ def build_samples(
             prompt = given_benign.get(rec.id) or Prompt(rec.text, system=system)
             samples.append(Sample(rec.id, prompt, 0, f"pair{k}" if k < len(order) else rec.id))
     elif strategy in ("single_response", "multi_response"):
+        per = 1 if strategy == "single_response" else n_responses
+        if responses is not None:
+            if compliances is not None or refusals is not None:
+                raise ValueError("give responses= or compliances= / refusals=, not both")
+            sources.update(responses=responses.sources, refusals="real (responses=)", compliances="real (responses=)")
+            usable = set(responses.usable(per))
+            sources["skipped"] = sum(1 for i in order if harm[i].id not in usable)
+            order = [i for i in order if harm[i].id in usable]
+            if not order:
+                raise ValueError(f"no request has {per} compliant answer(s) and {per} refusal(s) in responses=; "
+                                 "lower n_responses or generate more candidates")
+        if image is not None:
+            sources["image"] = "given (the request drawn in an image, with image_prompt)"
+            kept = [i for i in order if fits(harm[i].text)] if image is render_phrase else order
+            sources["skipped_too_long"] = len(order) - len(kept)
+            order = kept
         pool = list(refusals) if refusals is not None else [r.text for r in load_source("vlguard_refusal", data_dir)]
-        sources["refusals"] = "given" if refusals is not None else "vlguard/train.json (generic refusal openings)"
-        sources["compliances"] = "given" if compliances is not None else "target strings ('Sure, here is ...')"
+        if responses is None:
+            sources["refusals"] = "given" if refusals is not None else "vlguard/train.json (generic refusal openings)"
+            sources["compliances"] = "given" if compliances is not None else "target strings ('Sure, here is ...')"
         if not pool:
             raise ValueError("no refusal texts given")
-        per = 1 if strategy == "single_response" else n_responses
+
+        def shown(i: int) -> Prompt:
+            if image is None:
+                return prompt_of(i)
+            return Prompt(image_prompt, images=(image(harm[i].text),), system=system)
+
         for i in order:
             rec = harm[i]
+            if responses is not None:
+                refused, complied = list(responses.refused[rec.id][:per]), list(responses.complied[rec.id][:per])
+                for j, text in enumerate(refused):
+                    samples.append(Sample(f"{rec.id}+refusal{j}", shown(i), 1, rec.id, text))
+                for j, text in enumerate(complied):
+                    samples.append(Sample(f"{rec.id}+comply{j}", shown(i), 0, rec.id, text))
+                continue
             if compliances is not None:
                 complied = compliances(rec)
             elif rec.target:
@@ -199,9 +236,9 @@ def build_samples(
             refused = rng.sample(pool, k)
             complied = complied[:k]
             for j, text in enumerate(refused):
-                samples.append(Sample(f"{rec.id}+refusal{j}", prompt_of(i), 1, rec.id, text))
+                samples.append(Sample(f"{rec.id}+refusal{j}", shown(i), 1, rec.id, text))
             for j, text in enumerate(complied):
-                samples.append(Sample(f"{rec.id}+comply{j}", prompt_of(i), 0, rec.id, text))
+                samples.append(Sample(f"{rec.id}+comply{j}", shown(i), 0, rec.id, text))
     else:  # modality
         draw = image or render_phrase
         sources["image"] = "given" if image is not None else "lensiar.render.render_phrase (TYPO style)"

@@ -104,6 +104,7 @@ def extract(
         v = paired_pca(x, train.labels, train.groups)
     sigma = spread(x, v)
     acc = ranking.accuracy if level == "head" else ranking.layer_accuracy
+    loss = ranking.loss if level == "head" else ranking.layer_loss
     model = lens.spec.to_dict()
     data = acts.samples.summary()
     data.update(train_ids=list(ranking.train_ids), val_ids=list(ranking.val_ids), seed=seed,
@@ -112,5 +113,5 @@ def extract(
         vectors=v.contiguous(), sigma=sigma.contiguous(), accuracy=acc.clone(), level=level, model=model,  # type: ignore[arg-type]
         method=method, strategy=acts.samples.strategy, data=data,
         defaults=defaults or {"alpha": 1.0, "top_k": 8 if level == "head" else 1},
-        gate=ranking.gate() if gate else None,
+        gate=ranking.gate() if gate else None, loss=loss.clone(),
     )

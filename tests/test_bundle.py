@@ -213,3 +213,52 @@ def test_a_zero_vector_for_a_head_without_signal_round_trips(tmp_path: Path) -> 
                           model=bundle.model)
     loaded = RevisionBundle.load(zero.save(tmp_path / "z.safetensors"), lens=tiny_lens("llava"))
     assert torch.equal(loaded.vectors, vectors)
+
+
+# ------------------------------------------------------------------ ranking by held-out log-loss (format 3)
+def _with_loss(bundle: RevisionBundle, seed: int = 5) -> RevisionBundle:
+    from dataclasses import replace
+
+    return replace(bundle, loss=torch.rand(bundle.sigma.shape, generator=torch.Generator().manual_seed(seed)))
+
+
+@pytest.mark.parametrize("level", ["head", "layer"])
+def test_loss_round_trips_and_ranks_the_selection(tmp_path: Path, level: str) -> None:
+    bundle = _with_loss(_bundle(level=level))
+    loaded = RevisionBundle.load(bundle.save(tmp_path / "b.safetensors"), lens=tiny_lens("llava"))
+    assert loaded.loss is not None and bundle.loss is not None and torch.equal(loaded.loss, bundle.loss)
+    assert loaded.metadata()["format_version"] == 3
+    k = 3 if level == "head" else 1
+    chosen = loaded.selection(top_k=k)
+    # the selected cells are exactly those of lowest loss, whatever their accuracy
+    assert torch.equal(chosen.flatten().nonzero().flatten().sort().values,
+                       bundle.loss.flatten().argsort()[:k].sort().values)
+    assert "held-out log-loss" in loaded._repr_html_()
+    summed = bundle + _with_loss(_bundle(1, level), seed=6)
+    assert summed.loss is not None and torch.equal(summed.loss, torch.minimum(bundle.loss, _with_loss(_bundle(1, level), 6).loss))  # type: ignore[arg-type]
+
+
+def test_a_format_2_file_without_loss_still_loads_and_ranks_by_accuracy(tmp_path: Path) -> None:
+    bundle = _bundle()
+    path = bundle.save(tmp_path / "b.safetensors")
+    _rewrite(path, meta_edit={"format_version": 2})
+    loaded = RevisionBundle.load(path, lens=tiny_lens("llava"))
+    assert loaded.loss is None
+    chosen = loaded.selection(top_k=4)
+    assert bundle.accuracy[chosen].min() >= bundle.accuracy[~chosen].max()
+
+
+def test_bad_loss_is_refused(tmp_path: Path) -> None:
+    bundle = _with_loss(_bundle())
+    assert bundle.loss is not None
+    path = bundle.save(tmp_path / "b.safetensors")
+    tensors = {"vectors": bundle.vectors, "sigma": bundle.sigma, "accuracy": bundle.accuracy, "loss": -bundle.loss}
+    _rewrite(path, tensors)
+    with pytest.raises(BundleError, match="loss .* must be >= 0"):
+        RevisionBundle.load(path)
+    _rewrite(path, {**tensors, "loss": bundle.loss}, meta_edit={"format_version": 2})  # format 2 knows no loss
+    with pytest.raises(BundleError, match="unknown tensors"):
+        RevisionBundle.load(path)
+    _rewrite(path, {**tensors, "loss": bundle.loss[:1]}, meta_edit={"format_version": 3})
+    with pytest.raises(BundleError, match="loss has shape"):
+        RevisionBundle.load(path)

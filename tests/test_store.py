@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,9 @@ def test_control_vector_round_trip(tmp_path: Path) -> None:
     assert torch.allclose(directions[1], 2.0 * bundle.shift[1], atol=1e-7)
     with pytest.raises(BundleError, match="block 0"):
         export_control_vector(bundle, tmp_path / "bad.gguf", layers=[0])
+    best = replace(bundle, loss=torch.arange(bundle.sigma.shape[0], dtype=torch.float32))  # layer 0 ranks first
+    _, default = read_control_vector(export_control_vector(best, tmp_path / "default.gguf", top_k=2))
+    assert sorted(default) == list(range(1, min(3, bundle.sigma.shape[0])))  # the best layers llama.cpp can steer
     with pytest.raises(BundleError, match="layer-level"):
         export_control_vector(random_bundle(lens, "head"), tmp_path / "bad.gguf")
     assert not (tmp_path / "bad.gguf").exists()

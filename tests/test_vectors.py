@@ -67,11 +67,14 @@ def test_bundle_names_its_data_and_round_trips(acts: lensiar.SampleActivations, 
     assert torch.equal(loaded.gate.weight, bundle.gate.weight) and loaded.gate.layer == bundle.gate.layer
 
 
-def test_selection_ranks_by_held_out_accuracy(acts: lensiar.SampleActivations) -> None:
+def test_selection_ranks_by_cross_validated_log_loss(acts: lensiar.SampleActivations) -> None:
     bundle = lensiar.extract(tiny_lens("llama"), acts, method="mms", level="head")
+    ranking = lensiar.probe_heads(None, acts)
+    assert bundle.loss is not None and torch.equal(bundle.loss, ranking.loss)
     chosen = bundle.selection(top_k=3)
     assert int(chosen.sum()) == 3
-    assert bundle.accuracy[chosen].min() >= bundle.accuracy[~chosen].max()
+    assert bundle.loss[chosen].max() <= bundle.loss[~chosen].min()
+    assert {tuple(c) for c in chosen.nonzero().tolist()} == set(ranking.top(3))
     only = bundle.selection(top_k=2, layers=[1])
     assert only[0].sum() == 0 and only[1].sum() == 2
 
