@@ -155,7 +155,11 @@ class RevisionBundle:
 
     def _repr_html_(self) -> str:
         chosen = rank_cells(self.loss, self.accuracy, int(self.defaults.get("top_k", 8)))[:10]
-        loss = (lambda c: f"{float(self.loss[c]):.4f}") if self.loss is not None else (lambda c: "-")
+        scores = self.loss
+
+        def loss(c: tuple[int, ...]) -> str:
+            return "-" if scores is None else f"{float(scores[c]):.4f}"
+
         rows = "".join(f"<tr><td>{f'L{c[0]}H{c[1]}' if len(c) == 2 else f'L{c[0]}'}</td><td>{loss(c)}</td>"
                        f"<td>{float(self.accuracy[c]):.3f}</td><td>{float(self.sigma[c]):.3g}</td></tr>"
                        for c in chosen)

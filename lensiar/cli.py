@@ -151,6 +151,27 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
             "organism": summary["organism"], "seconds": summary["seconds"]}
 
 
+def cmd_ablate(args: argparse.Namespace) -> dict[str, Any]:
+    """The IAR grid on the organism (see :mod:`lensiar.ablation`)."""
+    from lensiar.ablation import AblationConfig, run_ablation
+
+    def picked(value: str | None, known: tuple[str, ...]) -> tuple[str, ...]:
+        return known if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+    from lensiar import ablation
+
+    config = AblationConfig(n_train=args.n_train, n_val=args.n_val, n_eval=args.n, tokens=args.max_new_tokens,
+                            seed=args.seed, strategies=picked(args.strategies, ablation.STRATEGIES),
+                            methods=picked(args.methods, ablation.METHODS), levels=picked(args.levels, ablation.LEVELS),
+                            variants=picked(args.variants, ablation.VARIANTS))
+    result = run_ablation(args.out, args.work, config, data=args.data_dir,
+                          log=lambda line: print(line, file=sys.stderr), organism=args.organism)
+    print("\n" + (Path(args.out) / "iar_ablation.md").read_text().split("## Sampled answers")[0], file=sys.stderr)
+    best = [r for r in result["rows"] if r["meets_headline"]]
+    return {"report": str(Path(args.out) / "iar_ablation.md"), "runs": len(result["rows"]) - 1,
+            "meeting_headline": [r["cell"] for r in best]}
+
+
 def cmd_organism_build(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar.organism.recipe import build
 
@@ -355,6 +376,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--organism", default=None,
                       help="organism folder of a build (lensiar organism build --out DIR) instead of the committed one")
     demo.set_defaults(func=cmd_demo)
+
+    ab = sub.add_parser("ablate", help="the IAR grid on the organism: strategy x method x level, unconditional and gated",
+                        description="Runs query, single_response, multi_response and modality samples on image prompts "
+                                    "x mms and probe x head and layer, each unconditional and gated; chooses alpha and "
+                                    "top_k per run on validation (largest ASR drop with over-refusal up by at most 5 "
+                                    "points) and measures held-out on-topic ASR, benign helpfulness and over-refusal. "
+                                    "Resumable: rerun the same command to continue.")
+    ab.add_argument("--out", default="docs/results", help="where iar_ablation.md/.json/.png go")
+    ab.add_argument("--work", default="reports/ablate", help="work folder (bundles, gate, state): a rerun continues it")
+    ab.add_argument("--n", type=_positive_int, default=16, help="held-out items per set")
+    ab.add_argument("--n-train", type=_positive_int, default=32, help="train requests per strategy")
+    ab.add_argument("--n-val", type=_positive_int, default=8, help="validation prompts per style and side")
+    ab.add_argument("--max-new-tokens", type=_positive_int, default=48)
+    ab.add_argument("--seed", type=_non_negative_int, default=0)
+    ab.add_argument("--strategies", default=None, help="comma-separated subset (default: all four)")
+    ab.add_argument("--methods", default=None, help="comma-separated subset of mms,probe")
+    ab.add_argument("--levels", default=None, help="comma-separated subset of head,layer")
+    ab.add_argument("--variants", default=None, help="comma-separated subset of unconditional,gated")
+    ab.add_argument("--data-dir", default=None)
+    ab.add_argument("--organism", default=None, help="organism folder of a build instead of the committed one")
+    ab.set_defaults(func=cmd_ablate)
 
     spec = sub.add_parser("spec", help="print a model's spec (layers, heads, fingerprint)")
     spec.add_argument("model", help="registry name (organism, smollm2-135m-instruct), local checkpoint directory or hub id")

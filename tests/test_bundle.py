@@ -254,7 +254,7 @@ def test_bad_loss_is_refused(tmp_path: Path) -> None:
     path = bundle.save(tmp_path / "b.safetensors")
     tensors = {"vectors": bundle.vectors, "sigma": bundle.sigma, "accuracy": bundle.accuracy, "loss": -bundle.loss}
     _rewrite(path, tensors)
-    with pytest.raises(BundleError, match="loss .* must be >= 0"):
+    with pytest.raises(BundleError, match=r"loss .* must be >= 0"):
         RevisionBundle.load(path)
     _rewrite(path, {**tensors, "loss": bundle.loss}, meta_edit={"format_version": 2})  # format 2 knows no loss
     with pytest.raises(BundleError, match="unknown tensors"):
