@@ -495,10 +495,17 @@ def build_parser() -> argparse.ArgumentParser:
     ja.add_argument("--out", help="write STEM.md and STEM.json")
     ja.set_defaults(func=cmd_judge_agreement)
 
-    mg = sub.add_parser("merge", help="merge safety back into a VLM's backbone (task arithmetic or linear)")
-    mg.add_argument("--base", required=True, help="backbone LLM before safety tuning (safetensors folder)")
-    mg.add_argument("--safe", required=True, help="backbone LLM after safety tuning")
-    mg.add_argument("--vl", required=True, help="the VLM (its language backbone is merged, the rest copied)")
+    mg = sub.add_parser(
+        "merge", help="merge checkpoints: task arithmetic VL + lambda (SAFE - BASE), or linear (1 - lambda) VL + lambda SAFE",
+        description="task_arithmetic: theta = theta_vl + lambda (theta_safe - theta_base); linear: theta = (1 - lambda) "
+                    "theta_vl + lambda theta_safe. BASE must be a common parent of VL and SAFE whose difference VL "
+                    "does not already hold. BASE and SAFE are either backbone LLMs (B before and S after safety tuning, "
+                    "VL adapted from B: only VL's language backbone is merged) or VLMs of VL's layout (P, V_safe: every "
+                    "tensor is merged, giving P + tau_V + lambda tau_safe). A VL adapted from S already holds S - B.")
+    mg.add_argument("--base", required=True, help="the common parent: backbone LLM before safety tuning, or the parent "
+                                                  "VLM P of VL and SAFE (safetensors folder)")
+    mg.add_argument("--safe", required=True, help="backbone LLM after safety tuning, or the safety-tuned VLM V_safe")
+    mg.add_argument("--vl", required=True, help="the model merged into (V); tensors BASE/SAFE lack are copied")
     mg.add_argument("--lambda", dest="lam", type=_finite_float, required=True)
     mg.add_argument("--method", default="task_arithmetic", choices=["task_arithmetic", "linear"])
     mg.add_argument("--layers", help="comma-separated decoder layers to merge (default: all)")

@@ -3,9 +3,18 @@
 ``task_arithmetic``: theta = theta_vl + lambda * (theta_safe - theta_base)
 ``linear``:          theta = (1 - lambda) * theta_vl + lambda * theta_safe
 
-``base`` (B) and ``safe`` (S) are the backbone LLM before and after safety tuning; ``vl`` (V) is the
-VLM (or any model whose language backbone has B's architecture). Only backbone tensors are merged;
-everything else in V (vision tower, connector) is copied. Files are read with plain seeks (no mmap)
+Roles. ``vl`` is the model merged into. ``safe - base`` is the task vector added: ``base`` must be a
+common parent of ``vl`` and ``safe`` whose difference ``vl`` does not already hold. Two uses:
+
+* backbone LLMs: ``base`` and ``safe`` are the LLM before and after safety tuning, ``vl`` a VLM adapted from
+  ``base``; only backbone tensors are merged, the rest of V (vision tower, connector) is copied. If V was adapted
+  from ``safe`` instead (as the organism was, from stage S), V already holds ``safe - base`` and the merge adds it a
+  second time: that is a push past S, not a restoration.
+* whole VLMs of one layout (the second paper's comparison): ``vl`` = V, ``safe`` = V_safe and ``base`` = their
+  common parent P give ``P + tau_V + lambda * tau_safe`` with ``tau = model - P``; ``linear`` gives
+  ``(1 - lambda) V + lambda V_safe``. Tensors of the same name are merged, vision tower included.
+
+Only floating-point tensors that both ``base`` and ``safe`` hold are merged. Files are read with plain seeks (no mmap)
 and the output is written tensor by tensor into a header computed up front, so peak memory stays
 near the largest tensor (measured: 0.955x the largest tensor on the organism, ``benchmarks/merge_memory.py``).
 The output is written into a temporary folder renamed into place: an error leaves nothing behind.
@@ -146,7 +155,10 @@ def check_architecture(base: str | os.PathLike[str], safe: str | os.PathLike[str
 
 
 def backbone_name(name: str, llm_names: set[str]) -> str | None:
-    """The LLM-checkpoint name of V's tensor ``name`` if it belongs to the language backbone, else None."""
+    """The name of V's tensor ``name`` in the base / safe checkpoints, or None if it is not merged: the same name
+    when they hold it (base and safe are VLMs of V's layout), else its language-backbone name."""
+    if name in llm_names:
+        return name
     for prefix, target in BACKBONE_PREFIXES:
         if name.startswith(prefix):
             candidate = target + name[len(prefix) :]

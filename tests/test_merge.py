@@ -187,3 +187,27 @@ def test_no_operation_changes_the_weights_it_reads(trio: dict[str, Path], tmp_pa
     hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
     merge(trio["base"], trio["safe"], trio["vl"], tmp_path / "m", 0.5, chunk_bytes=1000, progress=False)
     assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in files] == hashes
+
+
+def test_whole_vlm_merges_of_two_children_of_one_parent(trio: dict[str, Path]) -> None:
+    """The second paper's setting: V and V_safe from a common parent P, all three VLMs of one layout. Task
+    arithmetic gives P + tau_V + lambda * tau_safe on every tensor (vision tower included); linear interpolates
+    V and V_safe and is bit-exact at both ends."""
+    root = trio["root"]
+    for name, seed in (("V", 11), ("V_safe", 12)):
+        child = tf.SmolVLMForConditionalGeneration.from_pretrained(trio["vl"])
+        _perturbed(child, seed, 0.03)
+        child.save_pretrained(root / name)
+    p, v, vs = _tensors(trio["vl"]), _tensors(root / "V"), _tensors(root / "V_safe")
+    info = merge(trio["vl"], root / "V_safe", root / "V", root / "ta-vlm", 0.5, "task_arithmetic", progress=False)
+    assert info["copied_tensors"] == 0  # every tensor merged, not only the backbone
+    merged = _tensors(root / "ta-vlm")
+    vision = [n for n in merged if "vision" in n]
+    assert vision
+    for n, t in merged.items():
+        want = (p[n].float() + (v[n].float() - p[n].float()) + 0.5 * (vs[n].float() - p[n].float())).to(t.dtype)
+        assert torch.equal(t, want), n
+    for lam, ends in ((0.0, v), (1.0, vs)):
+        merge(trio["vl"], root / "V_safe", root / "V", root / f"lin-{lam}", lam, "linear", progress=False)
+        got = _tensors(root / f"lin-{lam}")
+        assert all(torch.equal(got[n], ends[n]) for n in got)
