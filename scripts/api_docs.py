@@ -24,6 +24,7 @@ MODULES = [
     ("lensiar.hooks", "Hook names"),
     ("lensiar.cache", "Activation cache"),
     ("lensiar.samples", "Contrastive samples"),
+    ("lensiar.responses", "Real responses for the response strategies"),
     ("lensiar.features", "Sample activations"),
     ("lensiar.probes", "Probes and ranking"),
     ("lensiar.vectors", "Extraction"),
@@ -43,6 +44,7 @@ MODULES = [
     ("lensiar.prompts", "Benchmark-style prompts"),
     ("lensiar.organism", "The embedded organism"),
     ("lensiar.demo", "The demo"),
+    ("lensiar.ablation", "The IAR ablation (lensiar ablate)"),
     ("lensiar.testing", "Tiny random models"),
 ]
 OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
