@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the main job on the embedded default")
     demo.add_argument("--seed", type=_non_negative_int, default=0)
-    demo.add_argument("--max-new-tokens", type=_positive_int, default=72,
+    demo.add_argument("--max-new-tokens", type=_positive_int, default=64,
                       help="new tokens per held-out answer (image answers read the image back before acting on it)")
     demo.add_argument("--n", type=_positive_int, default=40, help="held-out prompts per evaluation set")
     demo.add_argument("--out", default="reports/demo", help="report folder")

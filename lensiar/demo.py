@@ -136,9 +136,9 @@ def alpha_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
 #: the demo's phases and their seconds in a measured full run (recipe v28, 2 cores; the box shared): the ETA
 #: printed after each phase scales the phases left by how this run compares so far
-PHASES = {"organism: load, samples, activations, head probes": 41.1, "organism: extraction and gate": 70.5,
-          "organism: validation grid": 243.6, "organism: held-out evaluation": 341.1,
-          "SmolLM2: text revision and evaluation": 69.0}
+PHASES = {"organism: load, samples, activations, head probes": 64.0, "organism: extraction and gate": 84.0,
+          "organism: validation grid": 130.0, "organism: held-out evaluation": 280.0,
+          "SmolLM2: text revision and evaluation": 63.0}
 
 
 class Laps:
@@ -257,7 +257,7 @@ def _reading_set(root: Any, n: int, seed: int) -> Dataset:
 
 
 def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_store", n_eval: int = 40,
-             seed: int = 0, tokens: int = 72, quick: bool = False, data: Any = None,
+             seed: int = 0, tokens: int = 64, quick: bool = False, data: Any = None,
              log: Callable[[str], None] = print, organism: str | Path | None = None) -> dict[str, Any]:
     """Run the demo; returns the summary (also written to ``out_dir/summary.json``). ``organism`` is an organism
     folder (``lensiar organism build --out DIR``) to demo instead of the committed one."""
@@ -292,7 +292,7 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     # MM-SafetyBench's Privacy Violence scenario (not held out) gives harmful key phrases in the benchmark's own
     # style: half validates, half trains the gate
     mm_val = [m["phrase"] for m in mm_safety(root, 10_000, seed, MM_SAFETY_VALIDATION)]
-    k = 4 if quick else 16  # validation prompts per style
+    k = 4 if quick else 12  # validation prompts per style
     val_harm, train_harm = harmful[: 3 * k], harmful[3 * k :]
     val_steps = [t for t in val_harm[k:] if fits(t, "steps")][:k]
     val_h: list[Asked] = [(typo_prompt(t), phrase_of(t)) for t in val_harm[:k]] + \
@@ -324,16 +324,18 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
                                                        seed=seed), progress=True)
     gate_accuracy = split_averaged_layer_accuracy(gate_acts, range(seed, seed + GATE_SPLITS))
     gate_layer = int(gate_accuracy.argmax())  # ties: the lowest layer
-    gate = probe_heads(None, gate_acts, seed=seed, progress=False).gate(layer=gate_layer, images_only=True)
+    gate = probe_heads(None, gate_acts, seed=seed, progress=False, folds=None).gate(layer=gate_layer, images_only=True)
     laps("organism: extraction and gate")
     # alpha 1 changes nothing and alpha 4 makes the organism refuse everything (measured in earlier runs);
     # strong revisions are tried only behind the gate. One ungated candidate stays as the reference: the
     # layer-level mms vectors that benchmarks/merge_sweep.py compares merging with. Ungated head-level mms and
     # layer-level probe vectors at alpha 3 broke the over-refusal rule (0.11-0.77 of validation prompts refused)
-    # in all seven logged runs of recipes v11-v22, and were dropped to keep the demo within 15 minutes
+    # in all seven logged runs of recipes v11-v22, and were dropped to keep the demo within 15 minutes. Gated
+    # thresholds 0.8 and 0.6 for mms went too, to fit 10 minutes: all four gated candidates failed the helpfulness
+    # rule on recipe v29 (0.88-0.91 against 0.97 unrevised)
     grid = [Candidate("mms", "layer", 2.0, 3)]
     grid += [Candidate(m, "head", a, 32, gated=True, threshold=t) for m, a, t in
-             (("mms", 4.0, 0.8), ("mms", 4.0, 0.7), ("mms", 4.0, 0.6), ("probe", 4.0, 0.6))]
+             (("mms", 4.0, 0.7), ("probe", 4.0, 0.6))]
     if quick:
         grid = grid[:1] + grid[-1:]
     chosen, val_rows = choose(lens, bundles, grid, val_h, val_b, judge, VALIDATION_TOKENS, MAX_OVER_REFUSAL_RISE, log,
