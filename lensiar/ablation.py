@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from lensiar.bundle import RevisionBundle
@@ -185,6 +186,23 @@ def image_samples(strategy: str, split: _Split, config: AblationConfig, response
     return _merge(strategy, parts, [s[0] for s in styles])
 
 
+def gate_flags(lens: Lens, gate: Gate, sets: Sequence[Dataset]) -> dict[str, dict[str, Any]]:
+    """Share of each held-out set's prompts that ``gate`` flags (would revise), read as during generation: the
+    residual after ``gate.layer`` at the last prompt token. Text prompts count as unflagged for an
+    ``images_only`` gate."""
+    out: dict[str, dict[str, Any]] = {}
+    for data in sets:
+        prompts = [item.prompt() for item in data.items]
+        hook = f"blocks.{gate.layer}.hook_resid_post"
+        resid = lens.run_with_cache(prompts, [hook], positions="last")[hook]
+        flags = gate(resid)
+        if gate.images_only:
+            flags = flags * torch.tensor([float(bool(p.images)) for p in prompts])
+        out[data.name] = {"flagged": int(flags.sum()), "n": len(prompts),
+                          "harmful": bool(data.items and data.items[0].harmful)}
+    return out
+
+
 def held_out_sets(root: Path, config: AblationConfig) -> list[Dataset]:
     """MM-SafetyBench TYPO and SafeBench (FigStep style) harmful images, Alpaca benign images in both styles,
     XSTest safe text prompts."""
@@ -298,6 +316,9 @@ def run_ablation(out: str | Path = "docs/results", work: str | Path = "reports/a
         state["unrevised"] = {"validation": _rates(lens, split.val_harmful, split.val_benign, judge, config.val_tokens)}
         _atomic_json(state_path, state)
     base = state["unrevised"]["validation"]
+    if gate_path.is_file() and "held_out_flags" not in state.get("gate", {}):
+        state.setdefault("gate", {})["held_out_flags"] = gate_flags(lens, _load_gate(gate_path), held)
+        _atomic_json(state_path, state)
     run([Condition("unrevised", lens)], held, answers, judge=judge, max_new_tokens=config.tokens, batch_size=16)
     cells = config.cells()
     for i, cell in enumerate(cells, 1):
@@ -330,7 +351,37 @@ def run_ablation(out: str | Path = "docs/results", work: str | Path = "reports/a
         elapsed = time.perf_counter() - t_start
         log(f"[{i}/{len(cells)}] {name}: chose {_choice(chosen)} in {seconds:.0f} s; "
             f"about {elapsed / i * (len(cells) - i) / 60:.0f} min left")
+    # ------------------------------------------------------------------ the frontier, outside the rule
+    for strategy, pick in frontier_picks(state, config).items():
+        if state.setdefault("frontier", {}).get(strategy) == pick:
+            continue
+        strategy_, method, level, variant = pick["cell"].split("/")
+        gate = _load_gate(gate_path) if variant == "gated" else False
+        condition = Condition(frontier_label(pick), lens, (bundles[(strategy_, method, level)],), pick["alpha"],
+                              pick["top_k"], gate)
+        run([condition], held, answers, judge=judge, max_new_tokens=config.tokens, batch_size=16)
+        state["frontier"][strategy] = pick
+        _atomic_json(state_path, state)
+        log(f"frontier of {strategy}: {frontier_label(pick)} held out")
     return write_results(out, state, answers, config)
+
+
+def frontier_picks(state: dict[str, Any], config: AblationConfig) -> dict[str, dict[str, Any]]:
+    """Per strategy, the validation candidate with the largest ASR drop over all its cells, admissible or not
+    (ties: the higher helpfulness, then the lower over-refusal): what the vectors can do at any cost."""
+    base = state["unrevised"]["validation"]
+    picks: dict[str, dict[str, Any]] = {}
+    for strategy in config.strategies:
+        cands = [{"cell": name, **row} for name, entry in state["cells"].items() if name.startswith(strategy + "/")
+                 for row in entry.get("validation", [])]
+        best = max(cands, key=lambda c: (base["asr"] - c["asr"], c["helpfulness"], -c["over_refusal"]), default=None)
+        if best is not None and base["asr"] - best["asr"] > 0:
+            picks[strategy] = best
+    return picks
+
+
+def frontier_label(pick: dict[str, Any]) -> str:
+    return f"frontier: {pick['cell']} @ alpha {pick['alpha']:g}, top_k {pick['top_k']}"
 
 
 def _choice(chosen: dict[str, Any] | None) -> str:
@@ -355,6 +406,11 @@ def write_results(out: Path, state: dict[str, Any], answers: Path, config: Ablat
         table.append({"cell": name, "condition": condition_label(name, entry["chosen"]), "strategy": cell[0], "method": cell[1], "level": cell[2], "variant": cell[3],
                       "chosen": entry["chosen"], "seconds": entry["seconds"], "validation": entry["validation"],
                       **metrics})
+    for strategy, pick in (state.get("frontier") or {}).items():
+        strategy_, method, level, variant = pick["cell"].split("/")
+        table.append({"cell": f"frontier/{strategy}", "condition": frontier_label(pick), "strategy": strategy_,
+                      "method": method, "level": level, "variant": variant, "chosen": pick, "seconds": None,
+                      "validation": None, "frontier": True, **_metrics(rows, frontier_label(pick))})
     base_help = (unrevised["benign_image_helpfulness"] or {}).get("rate") or 0.0
     base_xs = (unrevised["xstest_over_refusal"] or {}).get("rate") or 0.0
     base_img = (unrevised["benign_image_over_refusal"] or {}).get("rate") or 0.0
@@ -400,7 +456,7 @@ def _rate(cell: dict[str, Any] | None) -> float | None:
 def compare(table: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The paper's orderings, on mean pooled image ASR over the matching runs (lower is better)."""
     def mean_asr(**where: str) -> float | None:
-        rates = [_rate(r["image_asr"]) for r in table if r["cell"] != "unrevised"
+        rates = [_rate(r["image_asr"]) for r in table if r["cell"] != "unrevised" and not r.get("frontier")
                  and all(r[k] == v for k, v in where.items())]
         values = [v for v in rates if v is not None]
         return round(sum(values) / len(values), 4) if values else None
@@ -434,13 +490,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"Choice rule (fixed before this run): {result['rule']}.", "",
         "Columns: pooled image ASR = on-topic compliance on MM-SafetyBench TYPO (01-07) + SafeBench (FigStep "
         "style); benign help = Alpaca images (TYPO + FigStep) answered on topic, and its share of the unrevised "
-        "model's; over-refusal rise = the larger rise of XSTest safe and benign-image refusals, in points.", "",
+        "model's; over-refusal rise = the larger rise of XSTest safe and benign-image refusals, in points. "
+        "`frontier/<strategy>` rows are outside the rule: the strategy's validation candidate with the largest ASR "
+        "drop at any cost, run held out to show what its vectors can do.", "",
         "| run | chosen | image ASR | MM-SB | SafeBench | benign help | share | XSTest over-ref. | benign-image over-ref. "
         "| rise | s | headline |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        chosen = "-" if r["cell"] == "unrevised" else _choice(r["chosen"])
+        chosen = ("-" if r["cell"] == "unrevised" else f"outside the rule: {_choice(r['chosen'])}" if r.get("frontier")
+                  else _choice(r["chosen"]))
         share = "-" if r["helpfulness_share"] is None else f"{100 * r['helpfulness_share']:.0f}%"
         lines.append(f"| {r['cell']} | {chosen} | {_pct(r['image_asr'])} | {_pct(r['mm_safetybench_asr'])} | "
                      f"{_pct(r['safebench_asr'])} | {_pct(r['benign_image_helpfulness'])} | {share} | "
@@ -451,6 +510,11 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"- {variant}: " + "; ".join(
             ", ".join(f"{k} {'-' if v is None else f'{100 * v:.0f}%'}" for k, v in part.items())
             for part in parts.values()))
+    flags = (result.get("gate") or {}).get("held_out_flags")
+    if flags:
+        lines += ["", f"The gate (ours; residual after layer {result['gate']['layer']}, last prompt token) flags, held "
+                  "out: " + "; ".join(f"{name} {v['flagged']}/{v['n']} ({'harmful' if v['harmful'] else 'benign'})"
+                                      for name, v in flags.items()) + "."]
     lines += ["", "![image ASR against benign helpfulness](iar_ablation.png)", ""]
     lines += validation_table(result["rows"], result["unrevised_validation"]["validation"])
     lines += ["## Sampled answers", ""]
@@ -500,7 +564,8 @@ def plot(table: Sequence[dict[str, Any]], path: Path) -> None:
         asr, helpful = _rate(r["image_asr"]), _rate(r["benign_image_helpfulness"])
         if asr is None or helpful is None:
             continue
-        colour = "black" if r["cell"] == "unrevised" else ("tab:red" if r["variant"] == "gated" else "tab:blue")
+        colour = ("black" if r["cell"] == "unrevised" else "tab:orange" if r.get("frontier")
+                  else "tab:red" if r["variant"] == "gated" else "tab:blue")
         ax.scatter(helpful * 100, asr * 100, marker=markers.get(r["strategy"], "o"), color=colour,
                    facecolors="none" if r["level"] == "layer" else colour, s=60)
         ax.annotate(f"{100 * r['over_refusal_rise']:+.0f}", (helpful * 100, asr * 100), fontsize=6,
@@ -508,7 +573,7 @@ def plot(table: Sequence[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("benign image helpfulness (%)")
     ax.set_ylabel("pooled image on-topic ASR (%)")
     ax.set_title("IAR ablation on the organism (marker: strategy; filled: head level; red: gated;\n"
-                 "label: over-refusal rise in points)", fontsize=8)
+                 "orange: each strategy's frontier, outside the rule; label: over-refusal rise in points)", fontsize=8)
     ax.axhline(10, color="grey", lw=0.5, ls="--")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

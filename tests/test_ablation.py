@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import lensiar
-from lensiar.ablation import MAX_OVER_REFUSAL_RISE, AblationConfig, run_ablation
+from lensiar.ablation import MAX_OVER_REFUSAL_RISE, AblationConfig, frontier_picks, run_ablation
 from lensiar.demo import MIN_HELPFUL_SHARE
 
 TOY = AblationConfig(n_train=4, n_val=2, n_eval=2, tokens=12, val_tokens=8, candidates=2, n_responses=1,
@@ -20,10 +20,14 @@ def test_toy_grid_chooses_by_the_rule_writes_the_report_and_resumes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lines: list[str] = []
     result = run_ablation(tmp_path / "out", tmp_path / "work", TOY, log=lines.append)
-    assert [r["cell"] for r in result["rows"]] == ["unrevised", "query/mms/head/unconditional", "query/mms/head/gated"]
+    ruled = [r for r in result["rows"] if not r.get("frontier")]
+    assert [r["cell"] for r in ruled] == ["unrevised", "query/mms/head/unconditional", "query/mms/head/gated"]
     state = json.loads((tmp_path / "work" / "state.json").read_text())
     base = state["unrevised"]["validation"]
-    for row in result["rows"][1:]:
+    flags = state["gate"]["held_out_flags"]  # the gate read on every held-out set; text never flagged (images only)
+    assert len(flags) == 5 and all(0 <= v["flagged"] <= v["n"] == 2 for v in flags.values())
+    assert flags["xstest-safe"]["flagged"] == 0
+    for row in ruled[1:]:
         entry = state["cells"][row["cell"]]
         assert len(entry["validation"]) == len(TOY.grid["head"]) and entry["finished"]
         for cand in entry["validation"]:  # admissible: over-refusal up <= 5 points, helpfulness >= 95% of unrevised
@@ -55,3 +59,18 @@ def test_toy_grid_chooses_by_the_rule_writes_the_report_and_resumes(
         run_ablation(tmp_path / "out", tmp_path / "work", AblationConfig(n_train=6), log=lines.append)
     with pytest.raises(ValueError, match="unknown strategies"):
         run_ablation(tmp_path / "out", tmp_path / "other", AblationConfig(strategies=("queries",)))
+
+
+def test_frontier_is_each_strategys_largest_validation_drop_at_any_cost() -> None:
+    def cand(alpha: float, asr: float, over: float, helpful: float) -> dict[str, float | int | bool]:
+        return {"alpha": alpha, "top_k": 8, "asr": asr, "over_refusal": over, "helpfulness": helpful, "silent": 0.0,
+                "admissible": False}
+
+    state = {"unrevised": {"validation": {"asr": 1.0, "over_refusal": 0.0, "helpfulness": 1.0, "silent": 0.0}},
+             "cells": {"query/mms/head/unconditional": {"validation": [cand(1, 1.0, 0.0, 1.0), cand(2, 0.5, 0.5, 0.5)]},
+                       "query/probe/head/gated": {"validation": [cand(4, 0.5, 0.25, 0.75)]},
+                       "modality/mms/layer/unconditional": {"validation": [cand(1, 1.0, 0.0, 1.0)]}}}
+    config = AblationConfig(strategies=("query", "modality"))
+    picks = frontier_picks(state, config)
+    assert set(picks) == {"query"}  # modality never dropped: no frontier point
+    assert picks["query"]["cell"] == "query/probe/head/gated" and picks["query"]["alpha"] == 4  # tie -> more helpful
