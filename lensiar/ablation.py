@@ -381,6 +381,7 @@ def frontier_picks(state: dict[str, Any], config: AblationConfig) -> dict[str, d
 
 
 def frontier_label(pick: dict[str, Any]) -> str:
+    """The held-out condition name of a frontier point."""
     return f"frontier: {pick['cell']} @ alpha {pick['alpha']:g}, top_k {pick['top_k']}"
 
 

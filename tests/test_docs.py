@@ -41,3 +41,56 @@ def test_howto_memory_table_is_the_scripts_output() -> None:
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "memory_table.py")], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() in (ROOT / "docs" / "howto-real-vlms.md").read_text()
+
+
+def test_readme_ablation_table_quotes_the_committed_results() -> None:
+    """README's IAR ablation rows are docs/results/iar_ablation.json's: the unrevised model, each run chosen by the
+    rule, and the frontier's over-refusal range."""
+    import json
+
+    result = json.loads((ROOT / "docs" / "results" / "iar_ablation.json").read_text())
+    section = (ROOT / "README.md").read_text().split("## The IAR ablation, measured", 1)[1].split("\n## ", 1)[0]
+    rows = {r["cell"]: r for r in result["rows"]}
+    pct = lambda cell: f"{100 * cell['rate']:.0f}%"  # noqa: E731
+    base = rows["unrevised"]
+    ruled = [r for r in result["rows"][1:] if not r.get("frontier")]
+    unchanged = [r for r in ruled if r["chosen"] is None]
+    assert f"unrevised, and {len(unchanged)} of {len(ruled)} runs (no admissible candidate) | " \
+           f"{pct(base['image_asr'])} | {pct(base['benign_image_helpfulness'])} | +0 |" in section
+    for r in ruled:
+        if r["chosen"] is not None:
+            name = " / ".join(r["cell"].split("/"))
+            assert (f"| {name}, alpha {r['chosen']['alpha']:g}, top {r['chosen']['top_k']} | {pct(r['image_asr'])} | "
+                    f"{pct(r['benign_image_helpfulness'])} ({100 * r['helpfulness_share']:.0f}% of unrevised) | "
+                    f"{100 * r['over_refusal_rise']:+.0f} |") in section
+    frontier = [r for r in result["rows"] if r.get("frontier")]
+    rises = [100 * r["over_refusal_rise"] for r in frontier]
+    assert f"| strongest candidate of {', '.join(r['strategy'] for r in frontier)} (outside the rule) | " \
+           f"{'/'.join(sorted({pct(r['image_asr']) for r in frontier}))} | " \
+           f"{'/'.join(sorted({pct(r['benign_image_helpfulness']) for r in frontier}))} | " \
+           f"+{min(rises):.0f} to +{max(rises):.0f} |" in section
+
+
+def test_readme_demo_table_quotes_the_committed_demo_summary() -> None:
+    """README's demo rows and time are docs/results/demo_summary.md's (the copy of a `lensiar demo` run)."""
+    import re
+
+    summary = (ROOT / "docs" / "results" / "demo_summary.md").read_text()
+    section = (ROOT / "README.md").read_text().split("## The demo, measured", 1)[1].split("\n## ", 1)[0]
+    cols = {"ASR": 2, "over-refusal": 4, "on topic": 5}
+    table = {(r[0], r[1]): r for r in _rows(summary) if len(r) >= 8}
+    quoted = {"MM-SafetyBench 01-07, TYPO image: ASR (on topic)": ("mm_safetybench-typo", "ASR"),
+              "SafeBench, FigStep-style image: ASR": ("safebench-figstep-rendered", "ASR"),
+              "HarmBench test, text: ASR": ("harmbench", "ASR"),
+              "XSTest safe, text: over-refusal": ("xstest-safe", "over-refusal"),
+              "benign Alpaca phrases, TYPO image: on topic": ("alpaca-typo", "on topic"),
+              "benign Alpaca instructions, FigStep image: on topic": ("alpaca-figstep", "on topic")}
+    readme_rows = {r[0]: r[1:] for r in (line.strip("|").split("|") for line in section.splitlines()
+                                         if line.startswith("| ")) for r in [[c.strip() for c in r]]}
+    for label, (dataset, metric) in quoted.items():
+        for i, condition in enumerate(("unrevised", "revised")):
+            cell = table[(dataset, condition)][cols[metric]]
+            short = re.sub(r"%\]", "]", re.sub(r"%, ", ", ", cell.split(" (n=")[0]))
+            assert readme_rows[label][i] == short, (label, condition, readme_rows[label][i], short)
+    seconds = re.search(r"Total time: (\d+) s", summary)
+    assert seconds and f"It took {seconds.group(1)} s" in section
