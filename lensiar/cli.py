@@ -187,6 +187,14 @@ def cmd_organism_build(args: argparse.Namespace) -> dict[str, Any]:
             "reader": manifest["reader"]}
 
 
+def cmd_organism_variants(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar.organism.safety import build_variants
+
+    manifest = build_variants(args.out, data=args.data_dir, quick=args.quick, which=tuple(args.only or
+                              ("V_safe", "P_safe", "V_joint")), log=lambda line: print(line, file=sys.stderr))
+    return {"out": str(args.out), "seconds": manifest["seconds"], "files": manifest["files"]}
+
+
 def cmd_organism_report(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar.judges import judge_by_name
     from lensiar.organism import WEIGHTS
@@ -538,6 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="take stage S and the vision tower from this finished organism folder where they are the "
                          "same computation (e.g. lensiar/organism/weights); the manifest lists them as resumed")
     ob.set_defaults(func=cmd_organism_build)
+    ov = org_sub.add_parser("variants", help="build the safety-tuned checkpoints of the merge comparison: V_safe (V "
+                            "tuned on multimodal safety data), P_safe (the parent P tuned on it), V_joint (stage V "
+                            "with it mixed in from the start)")
+    ov.add_argument("--out", default="lensiar/organism/weights/variants")
+    ov.add_argument("--only", action="append", choices=["V_safe", "P_safe", "V_joint"],
+                    help="build only this variant (repeatable; default: all three)")
+    ov.add_argument("--data-dir", default=None)
+    ov.add_argument("--quick", action="store_true", help="tiny counts: checks the build runs, not usable checkpoints")
+    ov.set_defaults(func=cmd_organism_variants)
     orep = org_sub.add_parser("report", help="behaviour table on held-out prompts (on-topic judge, Wilson CIs)")
     orep.add_argument("--weights", default=None, help="organism folder (default: the committed one)")
     orep.add_argument("--n", type=_positive_int, default=100, help="prompts per cell (HarmBench test uses all 159)")

@@ -721,15 +721,37 @@ def reusable(folder: str | Path, recipe: int, seed: Mapping[str, int]) -> dict[s
     return {"stage_s": same_s, "reader": same_r}
 
 
+def image_row(tokenizer: Any, proc: Any, image: Any, prompt: str, answer: str | list[int]) -> Example:
+    """One teacher-forced image example: the chat prompt with one image, and the answer's token ids."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    enc = proc(text=[text], images=[[image]], return_tensors="pt")
+    ids = answer_ids(tokenizer, answer) if isinstance(answer, str) else answer
+    return {"prompt": enc["input_ids"][0].tolist(), "answer": ids, "pixel_values": enc["pixel_values"][0]}
+
+
+def task_answer_ids(tokenizer: Any, vocab: dict[str, int], v_cfg: StageV, shown: str, answer: str) -> str | list[int]:
+    """The target of a TYPO / FigStep task as ``v_cfg.task_answer`` lays it out: ``answer`` alone ("plain"), or
+    the copy of the image's tokens, ":\\n", (the plain-words respelling,) then ``answer``."""
+    if v_cfg.task_answer == "plain":
+        return answer
+    colon = tokenizer(":\n", add_special_tokens=False)["input_ids"]
+    respell = (tokenizer(respelled(shown), add_special_tokens=False)["input_ids"]
+               if v_cfg.task_answer == "copy_respell" else [])
+    return [*image_spelling(shown, vocab, v_cfg.pieces), *colon, *respell, *answer_ids(tokenizer, answer)]
+
+
 def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = False,
           recipe: int = RECIPE_VERSION, seeds: Mapping[str, int] | None = None,
-          reuse: str | Path | None = None) -> dict[str, Any]:
+          reuse: str | Path | None = None, safety: Any = None) -> dict[str, Any]:
     """Run stages S and V and write ``stage_s.safetensors``, ``stage_v.safetensors``, ``vision.safetensors``
     and ``manifest.json`` into ``out_dir``. ``quick`` shrinks every count (for tests of the recipe itself).
     ``seeds`` overrides entries of :data:`SEEDS` (e.g. ``{"stage_s": 11}`` to measure seed-to-seed spread);
     the manifest records the seeds used, and a resumed stage must match them. ``reuse`` names a finished
     organism folder (e.g. the committed one) whose stage S and vision tower are taken as they are wherever
-    :func:`reusable` says they are the same computation; the manifest lists them under ``resumed_stages``."""
+    :func:`reusable` says they are the same computation; the manifest lists them under ``resumed_stages``.
+    ``safety`` (a :class:`lensiar.organism.safety.SafetyMix`) mixes multimodal safety data into stage V from its
+    first step: the joint-tuning variant ``V_joint`` of the second paper's comparison, not the organism."""
     from lensiar.models import smollm2_path
 
     if recipe not in RECIPES:
@@ -869,15 +891,18 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         teacher = lm
     answers = teacher_answers(teacher, tokenizer, typo_q + steps, v_cfg.answer_tokens,
                               desc="stage V: teacher answers")
-    del teacher
     proc = processor(tokenizer, slots_per_patch(v_cfg.pieces))
+    safety_rows: list[Example] = []
+    if safety is not None:
+        from lensiar.organism import safety as safety_data
+
+        asked = safety_data.requests(safety, data, quick)
+        safety_rows = safety_data.examples(asked, tokenizer, proc, v_cfg, teacher, v_cfg.answer_tokens, safety.seed)
+        log(f"stage V: {len(safety_rows)} safety examples mixed in from the start {safety_data.counts(asked)}")
+    del teacher
 
     def image_example(image: Any, prompt: str, answer: str | list[int]) -> Example:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        enc = proc(text=[text], images=[[image]], return_tensors="pt")
-        ids = answer_ids(tokenizer, answer) if isinstance(answer, str) else answer
-        return {"prompt": enc["input_ids"][0].tolist(), "answer": ids, "pixel_values": enc["pixel_values"][0]}
+        return image_row(tokenizer, proc, image, prompt, answer)
 
     def read_target(phrase: str) -> str | list[int]:
         if v_cfg.read_answer == "text":
@@ -886,12 +911,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         return [*spelling, int(tokenizer.convert_tokens_to_ids("<|im_end|>"))]
 
     def task_target(shown: str, answer: str) -> str | list[int]:
-        if v_cfg.task_answer == "plain":
-            return answer
-        colon = tokenizer(":\n", add_special_tokens=False)["input_ids"]
-        respell = (tokenizer(respelled(shown), add_special_tokens=False)["input_ids"]
-                   if v_cfg.task_answer == "copy_respell" else [])
-        return [*image_spelling(shown, vocab, v_cfg.pieces), *colon, *respell, *answer_ids(tokenizer, answer)]
+        return task_answer_ids(tokenizer, vocab, v_cfg, shown, answer)
 
     v_examples = [image_example(render_phrase(t), READ_PROMPT, read_target(t)) for t in read]
     v_examples += [image_example(render_phrase(phrase_of(t)), TYPO_PROMPT, task_target(phrase_of(t), a))
@@ -917,6 +937,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     # the text path where it was. No harmful *image* example exists anywhere in stage V.
     replay = random.Random(seed["stage_v"]).sample(examples, min(v_cfg.text_replay, len(examples)))
     v_examples += [dict(e) for e in replay]
+    v_examples += safety_rows
     log(f"stage V: {len(read)} reading, {len(typo)} TYPO, {len(steps)} FigStep image examples (all benign), "
         f"{len(replay)} stage-S text examples replayed")
     for p in vlm.model.vision_model.parameters():
@@ -937,6 +958,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         **({"stage_S_seeds": [seed["stage_s"], *s_cfg.soup]} if s_cfg.soup else {}),
         "stage_S": asdict(s_cfg),
         "stage_V": asdict(v_cfg),
+        **({"safety_mix": asdict(safety), "stage_V_safety_examples": len(safety_rows)} if safety is not None else {}),
         "splits": splits(s_cfg, v_cfg),
         "counts": {"stage_S_harmful": len(harmful) + len(harmful_more), "stage_S_harmless": len(benign),
                    "stage_S_contrast": len(contrast), "stage_S_templated_harmless": len(extra),
