@@ -437,12 +437,13 @@ def write_results(out: Path, state: dict[str, Any], answers: Path, config: Ablat
     return result
 
 
-def _sampled_answers(records: list[dict[str, Any]], cells: Sequence[str], per: int = 2) -> dict[str, list[dict[str, str]]]:
+def _sampled_answers(records: list[dict[str, Any]], cells: Sequence[str], per: int = 2,
+                     extra: Sequence[str] = ()) -> dict[str, list[dict[str, str]]]:
     """``per`` answers per (cell, dataset), first in item order."""
     out: dict[str, list[dict[str, str]]] = {}
     for cell in cells:
         picked = []
-        for dataset in (*IMAGE_HARMFUL, *IMAGE_BENIGN, XSTEST):
+        for dataset in (*IMAGE_HARMFUL, *IMAGE_BENIGN, XSTEST, *extra):
             mine = [r for r in records if r["condition"] == cell and r["dataset"] == dataset][:per]
             picked += [{"dataset": dataset, "request": r["request"], "response": r["response"],
                         "outcome": r.get("outcome", "")} for r in mine]

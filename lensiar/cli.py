@@ -29,6 +29,14 @@ def _non_negative_int(text: str) -> int:
     return int(text)
 
 
+def _lambdas(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated finite numbers, at least one."""
+    values = tuple(_finite_float(v.strip()) for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"give at least one number, got {text!r}")
+    return values
+
+
 def _finite_float(text: str) -> float:
     """An argparse type: a finite real number (no nan, no inf)."""
     import math
@@ -172,6 +180,22 @@ def cmd_ablate(args: argparse.Namespace) -> dict[str, Any]:
             "meeting_headline": [r["cell"] for r in best]}
 
 
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """The second paper's comparison on the organism (see :mod:`lensiar.comparison`)."""
+    from lensiar.comparison import CompareConfig, run_comparison
+
+    config = CompareConfig(n_eval=args.n, tokens=args.max_new_tokens, seed=args.seed, linear=args.linear,
+                           task_arithmetic=args.task_arithmetic, layer_lambdas=args.layer_lambdas,
+                           n_layers=args.n_layers, variants=args.variants,
+                           only=tuple(v.strip() for v in (args.settings or "").split(",") if v.strip()))
+    result = run_comparison(args.out, args.work, config, data=args.data_dir,
+                            log=lambda line: print(line, file=sys.stderr), ablation=args.ablation)
+    print("\n" + (Path(args.out) / "vl_merge_comparison.md").read_text().split("## Sampled answers")[0],
+          file=sys.stderr)
+    return {"report": str(Path(args.out) / "vl_merge_comparison.md"), "rows": len(result["rows"]),
+            "findings": {k: v["holds"] for k, v in result["findings"].items()}}
+
+
 def cmd_organism_build(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar.organism.recipe import build
 
@@ -188,10 +212,14 @@ def cmd_organism_build(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_organism_variants(args: argparse.Namespace) -> dict[str, Any]:
-    from lensiar.organism.safety import build_variants
+    from dataclasses import replace
 
+    from lensiar.organism.safety import SafetyMix, build_variants
+
+    mix = SafetyMix()
+    mix = replace(mix, epochs=args.epochs or mix.epochs, lr=args.lr or mix.lr, rank=args.rank or mix.rank)
     manifest = build_variants(args.out, data=args.data_dir, quick=args.quick, which=tuple(args.only or
-                              ("V_safe", "P_safe", "V_joint")), log=lambda line: print(line, file=sys.stderr))
+                              ("V_safe", "P_safe", "V_joint")), mix=mix, log=lambda line: print(line, file=sys.stderr))
     return {"out": str(args.out), "seconds": manifest["seconds"], "files": manifest["files"]}
 
 
@@ -406,6 +434,30 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--organism", default=None, help="organism folder of a build instead of the committed one")
     ab.set_defaults(func=cmd_ablate)
 
+    cp = sub.add_parser("compare", help="safety tuning vs joint tuning vs merging on the organism (the second paper)",
+                        description="Evaluates P, V, V_safe, P_safe and V_joint (lensiar organism variants), linear "
+                                    "merges (1 - l) V + l V_safe, task arithmetic P + tau_V + l tau_safe (tau = model - "
+                                    "P, tau_safe from P_safe) over all layers and over the layers VL adaptation changed "
+                                    "most, on the IAR ablation's held-out sets, and adds the ablation's best cell. "
+                                    "Resumable: rerun the same command to continue.")
+    cp.add_argument("--out", default="docs/results", help="where vl_merge_comparison.md/.json/.png go")
+    cp.add_argument("--work", default="reports/compare", help="work folder (checkpoints, state): a rerun continues it")
+    cp.add_argument("--n", type=_positive_int, default=16, help="held-out items per set")
+    cp.add_argument("--max-new-tokens", type=_positive_int, default=48)
+    cp.add_argument("--seed", type=_non_negative_int, default=0)
+    cp.add_argument("--linear", type=_lambdas, default="0.25,0.5,0.75", help="comma-separated lambdas of the linear merge")
+    cp.add_argument("--task-arithmetic", type=_lambdas, default="0.5,1,1.5", help="comma-separated lambdas of task arithmetic")
+    cp.add_argument("--layer-lambdas", type=_lambdas, default="1,2", help="lambdas of the layer-restricted task arithmetic")
+    cp.add_argument("--n-layers", type=_positive_int, default=10, help="layers of the layer-restricted merge")
+    cp.add_argument("--ablation", default=None, help="iar_ablation.json whose best cell joins the table "
+                                                     "(default: OUT/iar_ablation.json)")
+    cp.add_argument("--variants", default=None, help="folder of V_safe / P_safe / V_joint deltas (lensiar organism "
+                                                     "variants --out DIR; default: the committed ones)")
+    cp.add_argument("--settings", default=None, help="comma-separated settings to run, as named in the table "
+                                                     "(e.g. 'V_safe,linear 0.5'; default: all)")
+    cp.add_argument("--data-dir", default=None)
+    cp.set_defaults(func=cmd_compare)
+
     spec = sub.add_parser("spec", help="print a model's spec (layers, heads, fingerprint)")
     spec.add_argument("model", help="registry name (organism, smollm2-135m-instruct), local checkpoint directory or hub id")
     spec.set_defaults(func=cmd_spec)
@@ -554,6 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="build only this variant (repeatable; default: all three)")
     ov.add_argument("--data-dir", default=None)
     ov.add_argument("--quick", action="store_true", help="tiny counts: checks the build runs, not usable checkpoints")
+    ov.add_argument("--epochs", type=_positive_int, default=None, help="epochs of the safety tuning (default 1)")
+    ov.add_argument("--lr", type=_finite_float, default=None, help="learning rate of the safety tuning (default 1e-3)")
+    ov.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank of the safety tuning (default 2)")
     ov.set_defaults(func=cmd_organism_variants)
     orep = org_sub.add_parser("report", help="behaviour table on held-out prompts (on-topic judge, Wilson CIs)")
     orep.add_argument("--weights", default=None, help="organism folder (default: the committed one)")
