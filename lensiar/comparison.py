@@ -75,6 +75,7 @@ class Setting:
     restricted: bool = False
 
     def describe(self) -> str:
+        """The setting's role or formula, as the table prints it."""
         if self.kind == "checkpoint":
             return CHECKPOINT_ROLES[self.name]
         if self.kind == "linear":

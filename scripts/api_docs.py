@@ -45,6 +45,8 @@ MODULES = [
     ("lensiar.organism", "The embedded organism"),
     ("lensiar.demo", "The demo"),
     ("lensiar.ablation", "The IAR ablation (lensiar ablate)"),
+    ("lensiar.organism.safety", "The organism's safety-tuned variants (lensiar organism variants)"),
+    ("lensiar.comparison", "Safety tuning vs joint tuning vs merging (lensiar compare)"),
     ("lensiar.testing", "Tiny random models"),
 ]
 OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"

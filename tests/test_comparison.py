@@ -116,3 +116,28 @@ def test_the_docs_table_is_the_committed_comparison() -> None:
     assert quoted == [f"| {r['setting']} | {pct(r['image_asr'])} | {pct(r['image_refused'])} | {pct(r['text_asr'])} | "
                       f"{pct(r['benign_image_helpfulness'])} | {pct(r['xstest_over_refusal'])} | "
                       f"{pct(r['benign_image_over_refusal'])} |" for r in rows]
+
+
+@pytest.mark.skipif(not RESULTS.is_file(), reason="no committed comparison")
+@pytest.mark.parametrize(("doc", "names"), [
+    ("README.md", {"V": "V", "V_safe": "V_safe", "V_joint": "V_joint", "linear merge 0.5": "linear 0.5"}),
+    ("docs/concepts.md", {"V": "V", "V_safe": "V_safe", "V_joint": "V_joint",
+                          "best merge by ASR (linear 0.5)": "linear 0.5",
+                          "IAR chosen cell": "IAR: modality/mms/head/gated"}),
+])
+def test_short_comparison_tables_quote_the_committed_rows(doc: str, names: dict[str, str]) -> None:
+    text = (Path(__file__).parents[1] / doc).read_text()
+    block = text.split("| setting | image ASR | harmful images refused | benign image help | XSTest over-refusal |")[1]
+    rows = {r["setting"]: r for r in json.loads(RESULTS.read_text())["rows"]}
+    quoted = [line for line in block.split("\n\n")[0].splitlines()[2:] if line.startswith("| ")]
+    assert len(quoted) == len(names)
+    pct = lambda c: "-" if c is None else f"{100 * c['rate']:.0f}%"  # noqa: E731
+    for line in quoted:
+        label, *values = [c.strip() for c in line.strip("|").split("|")]
+        r = rows[names[label]]
+        assert values == [pct(r["image_asr"]), pct(r["image_refused"]), pct(r["benign_image_helpfulness"]),
+                          pct(r["xstest_over_refusal"])], label
+    if doc == "docs/concepts.md":  # the best merge by ASR is what the label says
+        merges = [r for r in rows.values() if r["kind"] in ("linear", "task_arithmetic")]
+        best = min(merges, key=lambda r: (r["image_asr"]["rate"], -r["benign_image_helpfulness"]["rate"]))
+        assert best["setting"] == "linear 0.5"

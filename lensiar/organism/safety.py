@@ -134,6 +134,7 @@ def examples(asked: SafetyRequests, tokenizer: Any, proc: Any, v_cfg: Any, teach
 
 
 def counts(asked: SafetyRequests) -> dict[str, int]:
+    """How many requests of each kind the draw holds (refusal texts left out)."""
     return {k: len(v) for k, v in asdict(asked).items() if k != "refusals"}
 
 
