@@ -188,7 +188,8 @@ def run_comparison(out: str | Path = "docs/results", work: str | Path = "reports
             vlm, proc = load_variant(setting.name, config.variants or VARIANTS_DIR)
         else:
             if setting.restricted and "layers" not in state:
-                _saved("P", ckpt, config.variants), _saved("V", ckpt, config.variants)
+                for name in ("P", "V"):
+                    _saved(name, ckpt, config.variants)
                 state["layers"] = changed_layers(config, ckpt)
                 _atomic_json(state_path, state)
                 log(f"layers VL adaptation changed most: {state['layers']['layers']}")
