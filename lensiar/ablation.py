@@ -519,17 +519,22 @@ def markdown(result: dict[str, Any]) -> str:
                                       for name, v in flags.items()) + "."]
     lines += ["", "![image ASR against benign helpfulness](iar_ablation.png)", ""]
     lines += validation_table(result["rows"], result["unrevised_validation"]["validation"])
-    lines += ["## Sampled answers", ""]
-    for cell, picked in result["sampled_answers"].items():
+    lines += ["## Sampled answers", "", *sampled_answers_markdown(result["sampled_answers"])]
+    return "\n".join(lines)
+
+
+def sampled_answers_markdown(samples: dict[str, list[dict[str, str]]]) -> list[str]:
+    """Report lines for :func:`_sampled_answers`: a bold heading per run, one line per answer."""
+    lines: list[str] = []
+    for run_name, picked in samples.items():
         if not picked:
             continue
-        lines.append(f"**{cell}**")
-        lines.append("")
+        lines += [f"**{run_name}**", ""]
         for s in picked:
             text = s["response"].replace("\n", " ").replace("|", "/")[:140]
             lines.append(f"- {s['dataset']} [{s['outcome']}] *{s['request'][:60]}* -> {text}")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def validation_table(rows: Sequence[dict[str, Any]], base: dict[str, float]) -> list[str]:

@@ -37,7 +37,9 @@ from lensiar.ablation import (
     AblationConfig,
     _atomic_json,
     _metrics,
+    _pct,
     held_out_sets,
+    sampled_answers_markdown,
 )
 
 SIGNIFICANCE = 0.05  #: a finding holds only if its difference passes a two-sided Fisher exact test at this level
@@ -361,10 +363,6 @@ def write_results(out: Path, state: dict[str, Any], answers: Path, config: Compa
     return result
 
 
-def _pct(cell: dict[str, Any] | None) -> str:
-    return "-" if cell is None else f"{100 * cell['rate']:.0f}% (n={cell['n']})"
-
-
 def markdown(result: dict[str, Any]) -> str:
     """The comparison report."""
     cfg = result["config"]
@@ -399,27 +397,17 @@ def markdown(result: dict[str, Any]) -> str:
         detail = ", ".join(f"{k} {f'{v:.3f}' if k == 'p' else f'{100 * v:.0f}%' if isinstance(v, float) else v}"
                            for k, v in f.items() if k != "holds")
         lines.append(f"- {name.replace('_', ' ')}: **{'holds' if f['holds'] else 'does not hold'}** ({detail})")
-    lines += ["", "## Sampled answers", ""]
-    for setting, picked in result["sampled_answers"].items():
-        if not picked:
-            continue
-        lines += [f"**{setting}**", ""]
-        for s in picked:
-            text = s["response"].replace("\n", " ").replace("|", "/")[:140]
-            lines.append(f"- {s['dataset']} [{s['outcome']}] *{s['request'][:60]}* -> {text}")
-        lines.append("")
+    lines += ["", "## Sampled answers", "", *sampled_answers_markdown(result["sampled_answers"])]
     return "\n".join(lines)
 
 
 def _wilson(row: dict[str, Any], key: str) -> tuple[float, float]:
-    """95% Wilson interval of ``row[key]``, in percent."""
+    """95% Wilson interval of ``row[key]``, in percent (:func:`lensiar.organism.report.wilson`)."""
+    from lensiar.organism.report import wilson
+
     k, n = _count(row, key)
-    if not n:
-        return 0.0, 0.0
-    z, p = 1.96, k / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (
-        1 + z * z / n)
-    return 100 * (centre - half), 100 * (centre + half)
+    low, high = wilson(k, n) if n else (0.0, 0.0)
+    return 100 * low, 100 * high
 
 
 def plot(table: Sequence[dict[str, Any]], path: Path) -> None:
