@@ -97,10 +97,24 @@ def main() -> None:
               "judge": default_judge().name, "decoding": f"greedy, {args.tokens} new tokens",
               "n_per_set": args.n, "seed": args.seed, "helpfulness": "exact reading of held-out Alpaca phrases",
               "merge": sweep, "revision": {"bundle": bundle_path, "rows": revision},
-              "equal_helpfulness": comparison,
+              "equal_helpfulness": comparison, "samples": _samples(out / "results.jsonl"),
               "seconds": round(time.perf_counter() - t0, 1)}
     (out / "merge_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     json.dump(result, sys.stdout, indent=2)
+
+
+def _samples(path: Path, per_cell: int = 2) -> list[dict[str, object]]:
+    """The first ``per_cell`` answers of every (condition, dataset) cell, with their verdicts."""
+    from lensiar.evaluate import read_results
+
+    seen: dict[tuple[str, str], int] = {}
+    picked = []
+    for r in read_results(path):
+        cell = (r["condition"], r["dataset"])
+        if seen.get(cell, 0) < per_cell:
+            seen[cell] = seen.get(cell, 0) + 1
+            picked.append({k: r.get(k) for k in ("condition", "dataset", "request", "response", "outcome")})
+    return picked
 
 
 def _rate(row: dict[str, object], key: str) -> float:

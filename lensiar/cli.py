@@ -310,11 +310,11 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_judge_agreement(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar.calibration import agreement_table, load_labels, markdown
-    from lensiar.judges import judge_by_name
+    from lensiar.judges import JUDGE_NAMES, judge_by_name
 
     names = [n.strip() for n in args.judges.split(",") if n.strip()]
     if not names:
-        raise ValueError("--judges needs at least one of on_topic, keyword, llm")
+        raise ValueError(f"--judges needs at least one of {', '.join(JUDGE_NAMES)}")
     rows = load_labels(args.labels)
     table = agreement_table(rows, [judge_by_name(n, args.data_dir) for n in names])
     text = markdown(table, str(args.labels))
@@ -396,6 +396,8 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lensiar.judges import JUDGE_NAMES
+
     parser = argparse.ArgumentParser(prog="lensiar", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -515,8 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=_positive_int, default=None, help="items per dataset (seeded subset)")
     ev.add_argument("--seed", type=_non_negative_int, default=0)
     ev.add_argument("--max-new-tokens", type=_positive_int, default=32)
-    ev.add_argument("--judge", default="on_topic", choices=["on_topic", "keyword", "llm"],
-                    help="outcome judge: on_topic (default), keyword (refusal keywords only) or llm (SmolLM2 as judge)")
+    ev.add_argument("--judge", default="on_topic", choices=list(JUDGE_NAMES),
+                    help="outcome judge: on_topic (default), on_topic_readback (a misread image read-back is off topic), "
+                         "keyword (refusal keywords only) or llm (SmolLM2 as judge)")
     ev.add_argument("--batch-size", type=_positive_int, default=8)
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--out", required=True, help="results JSONL (appended to; a rerun resumes)")
@@ -550,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     ja = sub.add_parser("judge-agreement", help="accuracy and Cohen's kappa of each judge against labelled answers")
     ja.add_argument("--labels", default=str(Path(__file__).resolve().parent.parent / "tests" / "data" /
                                             "judge_calibration.jsonl"), help="labelled pairs (JSONL)")
-    ja.add_argument("--judges", default="keyword,on_topic,llm", help="comma-separated: keyword, on_topic, llm")
+    ja.add_argument("--judges", default="keyword,on_topic,on_topic_readback,llm",
+                    help=f"comma-separated: {', '.join(JUDGE_NAMES)}")
     ja.add_argument("--data-dir", default=None)
     ja.add_argument("--out", help="write STEM.md and STEM.json")
     ja.set_defaults(func=cmd_judge_agreement)
@@ -616,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     orep.add_argument("--seed", type=_non_negative_int, default=0)
     orep.add_argument("--max-new-tokens", type=_positive_int, default=48, help="new tokens per judged text answer")
     orep.add_argument("--image-tokens", type=_positive_int, default=64, help="new tokens per judged image answer")
-    orep.add_argument("--judge", default="on_topic", choices=["on_topic", "keyword", "llm"],
+    orep.add_argument("--judge", default="on_topic", choices=list(JUDGE_NAMES),
                       help="outcome judge (default: on_topic; keyword-only non-refusal is reported beside it)")
     orep.add_argument("--read-tokens", type=_positive_int, default=None,
                       help="new tokens per reading answer (default: lensiar.organism.report.READ_TOKENS, 64)")
@@ -627,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     orep.set_defaults(func=cmd_organism_report)
     orj = org_sub.add_parser("rejudge", help="recount a saved report's judged cells with a judge, no generation")
     orj.add_argument("table", help="the --out STEM of `lensiar organism report` (STEM.json + STEM.answers.jsonl)")
-    orj.add_argument("--judge", default="on_topic", choices=["on_topic", "keyword", "llm"])
+    orj.add_argument("--judge", default="on_topic", choices=list(JUDGE_NAMES))
     orj.add_argument("--data-dir", default=None)
     orj.set_defaults(func=cmd_organism_rejudge)
     return parser

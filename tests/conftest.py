@@ -16,7 +16,14 @@ from lensiar.testing import tiny_model
 
 transformers.logging.set_verbosity_error()
 warnings.filterwarnings("ignore")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (scripts/test.sh runs one worker per core) each worker gets a share of the cores, and so do
+# the processes it starts (notebook kernels, CLI subprocesses): more busy threads than cores make OpenMP's
+# spinning threads wait on each other (a notebook took 10x longer before this).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_THREADS)
 
 
 
