@@ -94,3 +94,60 @@ def test_readme_demo_table_quotes_the_committed_demo_summary() -> None:
             assert readme_rows[label][i] == short, (label, condition, readme_rows[label][i], short)
     seconds = re.search(r"Total time: (\d+) s", summary)
     assert seconds and f"It took {seconds.group(1)} s" in section
+
+
+def _pct(cell: dict[str, float]) -> str:
+    return f"{100 * cell['rate']:.0f}% [{100 * cell['ci95'][0]:.0f}, {100 * cell['ci95'][1]:.0f}]"
+
+
+def test_adaptation_degradation_table_quotes_the_committed_run() -> None:
+    """docs/adaptation.md's degradation rows are docs/results/vl_safety/vl_safety.json's (benchmarks/vl_safety.py)."""
+    import json
+
+    result = json.loads((ROOT / "docs" / "results" / "vl_safety" / "vl_safety.json").read_text())
+    cells = {(r["dataset"], r["condition"]): r for r in result["degradation"]}
+    docs = (ROOT / "docs" / "adaptation.md").read_text()
+    for label, text, image in (("MM-SafetyBench 01-07", "mm_safetybench-text", "mm_safetybench-typo"),
+                               ("SafeBench", "safebench-text", "safebench-figstep")):
+        row = next(line for line in docs.splitlines() if line.startswith(f"| {label} (image"))
+        want = [_pct(cells[(text, "backbone LLM, text")]["asr"]), _pct(cells[(text, "VLM, text")]["asr"]),
+                _pct(cells[(image, "VLM, image")]["asr"]), f"{100 * cells[(image, 'VLM, image')]['asr_keyword']['rate']:.0f}%"]
+        assert [c.strip() for c in row.strip("|").split("|")][2:] == want, (row, want)
+    assert f"n = {result['n_per_set']} per cell" in docs and f"{result['seconds']:.0f} s on 2 cores" in docs
+
+
+def test_howto_bf16_figures_are_the_benchmark_output() -> None:
+    import json
+
+    result = json.loads((ROOT / "docs" / "results" / "bf16_probes.json").read_text())
+    docs = (ROOT / "docs" / "howto-real-vlms.md").read_text()
+    ok = result["resolvable"]
+    assert f"{ok['within_1_point']} of {ok['of']} resolvable heads agree within 1 accuracy point" in docs
+    assert f"within\n{ok['max_points']:.2f} points" in docs or f"within {ok['max_points']:.2f} points" in docs
+    assert f"mean difference {ok['mean_points']:.2f} points" in docs and f"{result['samples']:,} samples" in docs
+
+
+def test_adaptation_lambda_sweep_table_quotes_the_committed_run() -> None:
+    """Every row of docs/adaptation.md's lambda-sweep table is docs/results/merge_sweep/merge_sweep.json's, and the
+    equal-helpfulness verdict follows from the rows (benchmarks/merge_sweep.py --rescore recomputes it)."""
+    import importlib.util
+    import json
+
+    result = json.loads((ROOT / "docs" / "results" / "merge_sweep" / "merge_sweep.json").read_text())
+    docs = (ROOT / "docs" / "adaptation.md").read_text().split("### The lambda sweep, measured", 1)[1]
+    for key, rows in (("lambda", result["merge"]), ("alpha", result["revision"]["rows"])):
+        for r in rows:
+            name = f"task arithmetic, lambda = {r['lambda']:g}" if key == "lambda" else f"revision, alpha = {r['alpha']:g}"
+            line = next(x for x in docs.splitlines() if x.startswith(f"| {name} "))
+            cells = [c.strip() for c in line.strip("|").split("|")][1:]
+            assert cells == [_pct(r["image_asr"]), f"{100 * r['image_asr_keyword']['rate']:.0f}%", _pct(r["over_refusal"]),
+                             _pct(r["benign_on_topic"]), f"{100 * r['reading']['rate']:.0f}%",
+                             f"{r['reading_similarity']['rate']:.2f}"], (line, r)
+    spec = importlib.util.spec_from_file_location("merge_sweep", ROOT / "benchmarks" / "merge_sweep.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    reference = next(r for r in result["merge"] if r["lambda"] == 0.0)
+    assert module._equal_helpfulness(reference, result["merge"], result["revision"]["rows"]) == result["equal_helpfulness"]
+    assert result["equal_helpfulness"]["merge"]["lambda"] == 0.0 and result["equal_helpfulness"]["revision"] is None
+    assert "only\n  lambda = 0 (the organism itself) qualifies, and no revision setting does" in docs
