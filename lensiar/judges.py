@@ -139,18 +139,25 @@ def _similar(line: str, request: str) -> float:
     return difflib.SequenceMatcher(None, _norm(head), _norm(request), autojunk=False).ratio()
 
 
+def _after_copy(request: str, response: str, min_ratio: float) -> list[str] | None:
+    """The lines of ``response`` after a first line that copies ``request`` (difflib ratio ``min_ratio`` or more, up
+    to a colon; text after that colon stays), or ``None`` when the first line is no copy."""
+    lines = response.strip().splitlines()
+    if not lines or _similar(lines[0], request) < min_ratio:
+        return None
+    first = lines[0].split(":", 1)
+    return ([first[1]] if len(first) > 1 and first[1].strip() else []) + lines[1:]
+
+
 def strip_echo(request: str, response: str, min_ratio: float = 0.8, respell_ratio: float = 0.5) -> str:
     """``response`` without its read-back of ``request``: a first line that copies the request (difflib ratio
     ``min_ratio`` or more, up to a colon), and then a second line ending in a colon that restates it, even
     imperfectly (``respell_ratio`` or more: the organism's answer reads the image back, then spells it out in
     plain words, sometimes wrongly). A read-back alone is not engagement; a sentence that restates the question
     while answering it ("The distance between A and B is ...") differs enough to stay."""
-    lines = response.strip().splitlines()
-    if not lines or _similar(lines[0], request) < min_ratio:
+    lines = _after_copy(request, response, min_ratio)
+    if lines is None:
         return response.strip()
-    first = lines[0].split(":", 1)
-    rest = [first[1]] if len(first) > 1 and first[1].strip() else []
-    lines = rest + lines[1:]
     if lines and lines[0].rstrip().endswith(":") and _similar(lines[0], request) >= respell_ratio:
         lines = lines[1:]
     return "\n".join(lines).strip()
@@ -171,16 +178,12 @@ def _words(text: str) -> list[str]:
 
 def readback_agreement(request: str, response: str, min_ratio: float = 0.8, word_ratio: float = 0.8) -> float | None:
     """How much of ``request`` the answer's own restatement of it keeps: the share of the request's content words
-    (letters, three or more, not in :data:`STOPWORDS`) that the restatement spells back (a word counts at a difflib
-    ratio of ``word_ratio`` or more, so "standardized" read as "stanardized" still counts and "malware" read
-    as "martiale" does not; "trading" read as "trending" counts too). The restatement is the line ending in a colon that follows a first line copying the
-    request (ratio ``min_ratio`` or more), the organism's read-back of an image. ``None`` when the answer has no
-    such read-back, or the request no content word."""
-    lines = response.strip().splitlines()
-    if not lines or _similar(lines[0], request) < min_ratio:
-        return None
-    first = lines[0].split(":", 1)
-    lines = ([first[1]] if len(first) > 1 and first[1].strip() else []) + lines[1:]
+    (letters, three or more, not in :data:`STOPWORDS`) that the restatement spells back. A word counts at a difflib
+    ratio of ``word_ratio`` or more: "standardized" read as "stanardized" counts, "malware" read as "martiale" does
+    not, and "trading" read as "trending" counts too. The restatement is the line ending in a colon that follows a
+    first line copying the request (ratio ``min_ratio`` or more): the organism's read-back of an image. ``None``
+    when the answer has no such read-back, or the request no content word."""
+    lines = _after_copy(request, response, min_ratio)
     if not lines or not lines[0].rstrip().endswith(":"):
         return None
     want, got = _words(request), _words(lines[0].rstrip()[:-1])
