@@ -91,9 +91,7 @@ def main() -> None:
                                              top_k=args.top_k)}
             print(json.dumps(row), file=sys.stderr)
             revision.append(row)
-    reference = next(r for r in sweep if r["lambda"] == 0.0) if any(r["lambda"] == 0.0 for r in sweep) else None
-    comparison = _equal_helpfulness(reference, sweep, revision) if reference else None
-    _plot(sweep, revision, out / "merge_sweep.png")
+    comparison = _compare_and_plot(sweep, revision, out / "merge_sweep.png")
     result = {"model": "organism: B = SmolLM2, S = stage-S backbone, V = organism VLM", "method": "task_arithmetic",
               "judge": default_judge().name, "decoding": f"greedy, {args.tokens} new tokens",
               "n_per_set": args.n, "seed": args.seed, "helpfulness": "exact reading of held-out Alpaca phrases",
@@ -168,13 +166,19 @@ def _plot(sweep: list[dict[str, object]], revision: list[dict[str, object]], pat
     plt.close(fig)
 
 
+def _compare_and_plot(sweep: list[dict[str, object]], revision: list[dict[str, object]],
+                      png: Path) -> dict[str, object] | None:
+    """The equal-helpfulness comparison against lambda = 0 (None without it), and the plot written to ``png``."""
+    reference = next((r for r in sweep if r["lambda"] == 0.0), None)
+    _plot(sweep, revision, png)
+    return _equal_helpfulness(reference, sweep, revision) if reference else None
+
+
 def rescore(path: Path) -> dict[str, object]:
     """Recompute the equal-helpfulness comparison and the plot of a finished run's merge_sweep.json in place."""
     result = json.loads(path.read_text())
-    sweep, revision = result["merge"], result["revision"]["rows"]
-    reference = next((r for r in sweep if r["lambda"] == 0.0), None)
-    result["equal_helpfulness"] = _equal_helpfulness(reference, sweep, revision) if reference else None
-    _plot(sweep, revision, path.with_name("merge_sweep.png"))
+    result["equal_helpfulness"] = _compare_and_plot(result["merge"], result["revision"]["rows"],
+                                                    path.with_name("merge_sweep.png"))
     path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
