@@ -320,6 +320,17 @@ def test_quick_recipe_runs_and_is_deterministic(tmp_path: Path) -> None:
     a = build(tmp_path / "a", quick=True)
     b = build(tmp_path / "b", quick=True)
     assert {k: v["sha256"] for k, v in a["files"].items()} == {k: v["sha256"] for k, v in b["files"].items()}
+    # the resumed path (stage S and tower taken from a's checkpoints, stage V tuned again) is the same computation
+    (tmp_path / "c").mkdir()
+    for part in (tmp_path / "a").glob(".*.*"):
+        shutil.copy(part, tmp_path / "c" / part.name)
+    c = build(tmp_path / "c", quick=True)
+    assert c["resumed_stages"] and all("stage_S" in r or r == "reader" for r in c["resumed_stages"])
+    assert {k: v["sha256"] for k, v in c["files"].items()} == {k: v["sha256"] for k, v in a["files"].items()}
+    from lensiar.organism.environment import build_environment
+
+    assert a["environment"]["packages"] == build_environment()["packages"]
+    assert a["environment"]["packages"]["torch"] == torch.__version__
     # a seed override reaching stage S is checked by the soup test below (its first member runs seed 13)
     counts = manifest(tmp_path / "a")["counts"]
     from lensiar.organism.recipe import STAGE_S
@@ -331,6 +342,20 @@ def test_quick_recipe_runs_and_is_deterministic(tmp_path: Path) -> None:
     assert counts["stage_S_harmful"] == 2 * (8 + extra) + 3 * advice + questions + howto  # plain + templated, advice
     assert counts["stage_S_contrast"] == 4
     assert counts.get("stage_S_questions", 0) == min(STAGE_S.questions, 4)
+
+
+def test_build_environment_names_what_differs(tmp_path: Path) -> None:
+    from lensiar.organism.environment import _cpuinfo, build_environment, differences
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"
+                    "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
+    assert _cpuinfo(info) == ("Some CPU 9000", ["avx2", "avx512f", "amx_tile", "amx_bf16"])
+    here = build_environment()
+    assert differences(here, here) == []
+    other = {**here, "isa": ["no_such_flag"], "packages": {**here["packages"], "numpy": "0.0.1"}}
+    assert differences(other, here) == [f"isa: ['no_such_flag'] -> {here['isa']!r}",
+                                        f"numpy 0.0.1 -> {here['packages']['numpy']}"]
 
 
 def test_contrast_set_picks_harmless_prompts_sharing_the_harmful_vocabulary() -> None:

@@ -753,6 +753,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     ``safety`` (a :class:`lensiar.organism.safety.SafetyMix`) mixes multimodal safety data into stage V from its
     first step: the joint-tuning variant ``V_joint`` of the second paper's comparison, not the organism."""
     from lensiar.models import smollm2_path
+    from lensiar.organism.environment import build_environment, differences
 
     if recipe not in RECIPES:
         raise ValueError(f"unknown organism recipe {recipe}; known: {sorted(RECIPES)}")
@@ -769,6 +770,8 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = _log_to(out / "build.log")
+    environment = build_environment()
+    log(f"environment: {environment}")
     torch.manual_seed(0)
     s_cfg, v_cfg = RECIPES[recipe]
     if quick:
@@ -837,6 +840,10 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         from lensiar.organism.files import read_verified
 
         reused_info, reused = read_verified(Path(reuse))
+        if "environment" not in reused_info:
+            log(f"reuse: {reuse} records no build environment; its stages may have run under other packages or CPU")
+        elif changed := differences(reused_info["environment"], environment):
+            log(f"reuse: {reuse} was built under another environment ({'; '.join(changed)})")
     if reuse_ok["stage_s"]:
         stage_s = reused["stage_s"]
         lora.apply_factors(lm.model, stage_s)
@@ -974,6 +981,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": tf.__version__,
+        "environment": environment,
     }
     write_manifest(out, manifest)
     log(f"done in {seconds:.0f} s")
