@@ -141,3 +141,16 @@ def test_short_comparison_tables_quote_the_committed_rows(doc: str, names: dict[
         merges = [r for r in rows.values() if r["kind"] in ("linear", "task_arithmetic")]
         best = min(merges, key=lambda r: (r["image_asr"]["rate"], -r["benign_image_helpfulness"]["rate"]))
         assert best["setting"] == "linear 0.5"
+
+
+def test_a_quick_variant_build_writes_a_verified_delta_and_its_environment(tmp_path: Path) -> None:
+    from lensiar.organism.environment import build_environment
+    from lensiar.organism.files import sha256
+    from lensiar.organism.safety import build_variants
+
+    info = build_variants(tmp_path, quick=True, which=("P_safe",), log=lambda _: None)
+    entry = info["files"]["p_safe"]
+    assert sha256(tmp_path / entry["file"]) == entry["sha256"]
+    assert info["environments"]["P_safe"]["packages"] == build_environment()["packages"]
+    again = build_variants(tmp_path, quick=True, which=("P_safe",), log=lambda _: None)  # finished: skipped
+    assert again["files"] == info["files"] and again["seconds"] == info["seconds"]

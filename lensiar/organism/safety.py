@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from lensiar.data_sources import data_dir, load_source
+from lensiar.organism.environment import build_environment
 from lensiar.prompts import phrase_of
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 
@@ -210,6 +211,7 @@ def build_variants(out: str | Path = VARIANTS_DIR, data: str | Path | None = Non
         manifest["files"].update(save_deltas(out, {delta: tensors}))
         manifest["seconds"][name] = round(time.perf_counter() - t0, 1)
         manifest["threads"] = torch.get_num_threads()
+        manifest.setdefault("environments", {})[name] = build_environment()
         write_manifest(out, manifest)
         say(f"{name}: built in {manifest['seconds'][name]:.0f} s ({sha256(out / manifest['files'][delta]['file'])[:12]})")
     return manifest
