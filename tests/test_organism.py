@@ -358,6 +358,21 @@ def test_build_environment_names_what_differs(tmp_path: Path) -> None:
                                         f"numpy 0.0.1 -> {here['packages']['numpy']}"]
 
 
+def test_a_checkpoint_from_another_environment_is_not_resumed(tmp_path: Path) -> None:
+    from lensiar.organism.recipe import _checkpoint, _resume
+
+    key = {"stage": "reader", "steps": 3, "seed": 0, "n": 4}
+    _checkpoint(tmp_path, "reader", {"w": torch.arange(6.0)}, key)
+    assert torch.equal(_resume(tmp_path, "reader", key)["w"], torch.arange(6.0))
+    assert _resume(tmp_path, "reader", key | {"steps": 4}) is None
+    meta = tmp_path / ".reader.json"
+    saved = json.loads(meta.read_text())
+    saved["environment"]["packages"]["numpy"] = "0.0.1"  # as if written before a package upgrade
+    meta.write_text(json.dumps(saved))
+    assert _resume(tmp_path, "reader", key) is None
+    meta.write_text(json.dumps({"key": key}))  # written before environments were recorded
+    assert _resume(tmp_path, "reader", key) is None
+
 def test_contrast_set_picks_harmless_prompts_sharing_the_harmful_vocabulary() -> None:
     import random
 

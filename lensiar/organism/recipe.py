@@ -28,6 +28,7 @@ from lensiar.data_sources import data_dir, load_source
 from lensiar.organism import lora
 from lensiar.organism.assemble import processor, tokenizer_with_image_tokens, vlm_around
 from lensiar.organism.borderline import FRAMINGS, borderline_prompts, decontaminate
+from lensiar.organism.environment import build_environment, differences
 from lensiar.organism.files import save_deltas, write_manifest
 from lensiar.organism.reader import image_spelling, piece_spelling, reader_accuracy, slots_per_patch, train_reader
 from lensiar.progress import tqdm
@@ -557,12 +558,14 @@ def _load_vision(vlm: Any, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _checkpoint(out: Path, name: str, tensors: dict[str, torch.Tensor], key: dict[str, Any]) -> None:
-    """A finished stage, so an interrupted build resumes after it (``{name}.safetensors`` + ``{name}.json``)."""
+    """A finished stage, so an interrupted build resumes after it (``{name}.safetensors`` + ``{name}.json``, which
+    records the build environment: :func:`_resume` takes the stage only under the same one)."""
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"{name}.partial"))
     (out / f"{name}.partial").replace(out / f".{name}.safetensors")
-    (out / f".{name}.json").write_text(json.dumps({"key": key} | ({"metrics": key["metrics"]} if "metrics" in key else {})))
+    (out / f".{name}.json").write_text(json.dumps({"key": key, "environment": build_environment()}
+                                                  | ({"metrics": key["metrics"]} if "metrics" in key else {})))
 
 
 def same_key(saved: dict[str, Any], key: dict[str, Any], defaults: dict[str, Any] | None = None) -> bool:
@@ -582,7 +585,10 @@ def _resume(out: Path, name: str, key: dict[str, Any],
     meta, tensors = out / f".{name}.json", out / f".{name}.safetensors"
     if not (meta.is_file() and tensors.is_file()):
         return None
-    if not same_key(json.loads(meta.read_text())["key"], key, defaults):
+    saved = json.loads(meta.read_text())
+    if not same_key(saved["key"], key, defaults):
+        return None
+    if saved.get("environment") != build_environment():  # other packages or CPU: not the same computation
         return None
     return load_file(str(tensors))
 
@@ -753,7 +759,6 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
     ``safety`` (a :class:`lensiar.organism.safety.SafetyMix`) mixes multimodal safety data into stage V from its
     first step: the joint-tuning variant ``V_joint`` of the second paper's comparison, not the organism."""
     from lensiar.models import smollm2_path
-    from lensiar.organism.environment import build_environment, differences
 
     if recipe not in RECIPES:
         raise ValueError(f"unknown organism recipe {recipe}; known: {sorted(RECIPES)}")
