@@ -60,6 +60,16 @@ def test_a_variant_whose_delta_differs_from_its_manifest_is_refused(tmp_path: Pa
         load_variant("V_joint", copy)
 
 
+def test_variants_built_on_another_organism_are_refused(tmp_path: Path) -> None:
+    copy = tmp_path / "variants"
+    shutil.copytree(VARIANTS_DIR, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["key"]["organism"] = "0" * 64  # tuned on a stage V that is not the committed one
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="built on the organism whose stage V is 000000000000"):
+        load_variant("P_safe", copy)
+
+
 def test_settings_name_every_checkpoint_and_merge_with_its_formula() -> None:
     rows = settings(CompareConfig(linear=(0.5,), task_arithmetic=(1.0,), layer_lambdas=(2.0,)))
     assert [r.name for r in rows] == ["P", "V", "V_safe", "P_safe", "V_joint", "linear 0.5", "task arithmetic 1",

@@ -181,3 +181,50 @@ def test_respelling_phrases_leave_out_held_out_texts_and_fill_up_with_benign_one
     assert not any("phishing email that steals" in t for t in shown)
     assert "explain how to pick a lock quickly" in shown
     assert 1 <= n_harmful <= 2
+
+
+def test_length_split_minimises_padded_tokens_plus_overhead_and_keeps_every_row_once() -> None:
+    from itertools import combinations
+
+    from lensiar.organism.recipe import length_split
+
+    lengths = [300, 40, 310, 45, 120, 305, 50, 118]
+    for overhead in (0, 64, 10_000):
+        runs = length_split(lengths, overhead)
+        assert sorted(i for run in runs for i in run) == list(range(len(lengths)))
+        cost = sum(len(run) * max(lengths[i] for i in run) + overhead for run in runs)
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        best = min(  # every way to cut the sorted rows into contiguous runs, by brute force
+            sum((b - a) * lengths[order[b - 1]] + overhead for a, b in zip((0, *cuts), (*cuts, len(order)), strict=True))
+            for k in range(len(order)) for cuts in combinations(range(1, len(order)), k))
+        assert cost == best
+    assert len(length_split(lengths, 0)) == len(set(lengths))  # no fixed cost: one run per distinct length
+    assert length_split(lengths, 10_000) == [sorted(range(8), key=lambda i: lengths[i])]  # dear runs: one batch
+    assert len(length_split(lengths, 64)) == 3  # the short, middle and long rows
+
+
+def test_split_batches_give_the_whole_batchs_loss_and_adapter_gradients() -> None:
+    from lensiar.organism.recipe import batch_backward, length_split
+
+    model, tok = tiny_model("llama")
+    texts = [("a prompt", " a short answer"), ("a much longer prompt than the others, with many words in it",
+             " and an answer that is longer as well, by a good few tokens"), ("hi", " ok"), ("two words", " yes no")]
+    rows = [{"prompt": tok(p)["input_ids"], "answer": tok(a, add_special_tokens=False)["input_ids"]} for p, a in texts]
+    adapters = lora.attach(model.model, rank=2, alpha=4.0, seed=0)
+    with torch.no_grad():
+        for adapter in adapters.values():
+            adapter.B.normal_(0.0, 0.02)
+    params = list(lora.trainable(adapters))
+    grads, computed = {}, {}
+    for overhead in (None, 0):
+        model.zero_grad(set_to_none=True)
+        loss, computed[overhead] = batch_backward(model, rows, pad_id=0, precision="fp32", split_overhead=overhead)
+        grads[overhead] = (loss, [p.grad.clone() for p in params])  # type: ignore[union-attr]
+    (whole, expected), (split, got) = grads[None], grads[0]
+    lengths = [len(r["prompt"]) + len(r["answer"]) for r in rows]
+    assert computed == {None: 4 * max(lengths), 0: sum(lengths)}  # no padding computed at all
+    assert split == pytest.approx(whole, rel=1e-6)
+    for g, want in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-7)
+    assert len(length_split([len(r["prompt"]) + len(r["answer"]) for r in rows], 0)) > 1  # it really was split
+    lora.remove(model.model)

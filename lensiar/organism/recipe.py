@@ -107,6 +107,9 @@ class StageV:
     respell_harmful: bool = False
     #: batch image rows and text-only rows apart (recipe 29), so a short text row is not padded to an image row
     group_rows: bool = False
+    #: recipe 30: run each batch as length-sorted micro-batches (:func:`length_split`; this many tokens of fixed
+    #: cost per micro-batch) whose summed gradient is the whole batch's; ``None``: one padded batch (recipes 1-29)
+    split_overhead: int | None = None
 
     def __post_init__(self) -> None:
         _check_precision(self.precision)
@@ -231,6 +234,13 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
                 reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16",
                 task_answer="copy_respell", teacher="original", respell_examples=3072, respell_harmful=True,
                 group_rows=True)),
+    30: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
+                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question", soup=(11,),
+                precision="bf16"),
+         StageV(per_task=768, pieces="ordered", read_examples=768, text_replay=384, read_answer="copy",
+                reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16",
+                task_answer="copy_respell", teacher="original", respell_examples=3072, respell_harmful=True,
+                group_rows=True, split_overhead=64)),
 }
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
@@ -416,16 +426,65 @@ def _collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor
     return batch
 
 
-def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the answer tokens (``labels != -100``), as ``model(**batch).loss``
-    computes it, but with the LM head (49,152 x 576) applied at those positions only: prompt and padding
-    positions never reach the vocabulary. ``model`` is a causal LM or a VLM with ``.model`` and ``.lm_head``."""
+def answer_loss(model: Any, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+    """Mean (or, with ``reduction="sum"``, summed) next-token cross-entropy over the answer tokens
+    (``labels != -100``), as ``model(**batch).loss`` computes it, but with the LM head (49,152 x 576) applied at
+    those positions only: prompt and padding positions never reach the vocabulary. ``model`` is a causal LM or a
+    VLM with ``.model`` and ``.lm_head``."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     hidden: Float[torch.Tensor, "b t d"] = model.model(**inputs).last_hidden_state
     target = batch["labels"][:, 1:]
     keep = target != -100
     logits = model.lm_head(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+    return torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction=reduction)
+
+
+def answer_tokens(example: Example) -> int:
+    """How many of ``example``'s tokens :func:`answer_loss` scores: its answer (the prompt is never empty)."""
+    return len(example["answer"])
+
+
+def length_split(lengths: Sequence[int], overhead: int) -> list[list[int]]:
+    """A batch's rows (positions into ``lengths``, in tokens) cut into micro-batches: sorted by length, then cut
+    into runs that minimise the tokens computed, each run padded to its longest row, plus ``overhead`` tokens per
+    run for the fixed cost of a forward and backward pass (exact, by dynamic programming over the cut points)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    best = [0] + [math.inf] * len(order)
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(end):  # run order[start:end], padded to its last (longest) row
+            cost = best[start] + (end - start) * lengths[order[end - 1]] + overhead
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    runs, end = [], len(order)
+    while end:
+        runs.append(order[cut[end] : end])
+        end = cut[end]
+    return runs[::-1]
+
+
+def batch_backward(model: Any, rows: Sequence[Example], pad_id: int, precision: str,
+                   split_overhead: int | None) -> tuple[float, int]:
+    """Backpropagate the batch's mean answer loss into the adapters; return it and the number of token positions
+    computed, padding included. ``split_overhead=None``: one
+    padded batch. Otherwise length-sorted micro-batches (:func:`length_split`), each backpropagating its summed
+    loss over the batch's answer-token count: the same gradient as the whole batch up to float rounding, without
+    computing the padding a short row gets from a long one."""
+    lengths = [len(e["prompt"]) + len(e["answer"]) for e in rows]
+    if split_overhead is None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = answer_loss(model, _collate(rows, pad_id))
+        loss.backward()
+        return float(loss.detach()), len(rows) * max(lengths)
+    total = sum(map(answer_tokens, rows))
+    value, computed = 0.0, 0
+    for run in length_split(lengths, split_overhead):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            part = answer_loss(model, _collate([rows[i] for i in run], pad_id), reduction="sum") / total
+        part.backward()
+        value += float(part.detach())
+        computed += len(run) * max(lengths[i] for i in run)
+    return value, computed
 
 
 def _batches(examples: Sequence[Example], epochs: int, batch_size: int, rng: random.Random,
@@ -447,12 +506,15 @@ def _batches(examples: Sequence[Example], epochs: int, batch_size: int, rng: ran
 
 def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, rank: int, alpha: float, lr: float,
          epochs: int, batch_size: int, seed: int, desc: str, log: Callable[[str], None],
-         precision: str = "fp32", group_rows: bool = False) -> dict[str, torch.Tensor]:
+         precision: str = "fp32", group_rows: bool = False,
+         split_overhead: int | None = None) -> dict[str, torch.Tensor]:
     """LoRA-tune ``decoder`` (inside ``model``) on teacher-forced ``examples``; merges the adapters back and
     returns their factors (bf16-rounded; the merged weights use the rounded factors). ``precision="bf16"`` runs
     forward and backward under CPU bf16 autocast (about 1.6x faster per step on AVX512-BF16 cores); the adapters,
     their gradients and the optimiser state stay fp32. ``group_rows`` batches image rows and text-only rows
-    apart (then shuffles the batches), so that a text row is not padded to an image row's length.
+    apart (then shuffles the batches), so that a text row is not padded to an image row's length;
+    ``split_overhead`` runs each batch as length-sorted micro-batches with the same summed gradient
+    (:func:`batch_backward`).
 
     Only the adapters take gradients: every other parameter of ``model`` is frozen while tuning, so backward
     skips the tied embedding / LM-head weight gradient that the optimiser would never use; the adapters'
@@ -473,18 +535,20 @@ def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, ran
     model.train()
     try:
         bar = tqdm(batches, desc=desc, leave=False)
+        computed = padded = 0  # token positions run through the model, and what one padded batch a step would run
         for step, idx in enumerate(bar):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = answer_loss(model, _collate([examples[i] for i in idx], pad_id))
-            loss.backward()
+            rows = [examples[i] for i in idx]
+            value, tokens = batch_backward(model, rows, pad_id, precision, split_overhead)
+            computed += tokens
+            padded += len(rows) * max(len(e["prompt"]) + len(e["answer"]) for e in rows)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad()
             sched.step()
-            value = float(loss.detach())
             bar.set_postfix(loss=f"{value:.3f}")
             if step % 10 == 0:
                 log(f"{desc} step {step}/{len(batches)} loss {value:.4f}")
+        log(f"{desc}: {computed} token positions computed ({padded} as one padded batch a step)")
     except BaseException:
         lora.remove(decoder)  # a failed run leaves the weights as they were
         raise
@@ -958,7 +1022,7 @@ def build(out_dir: str | Path, data: str | Path | None = None, quick: bool = Fal
         p.requires_grad_(False)
     stage_v = tune(vlm, vlm.model.text_model, v_examples, pad_id, v_cfg.rank, v_cfg.alpha, v_cfg.lr,
                    v_cfg.epochs, v_cfg.batch_size, seed["stage_v"], "stage V: backbone tuning", log, v_cfg.precision,
-                   v_cfg.group_rows)
+                   v_cfg.group_rows, v_cfg.split_overhead)
 
     vision = _vision_tensors(vlm, lm.config.vocab_size)
     files = save_deltas(out, {"stage_s": stage_s, "stage_v": stage_v, "vision": vision})

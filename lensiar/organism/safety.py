@@ -220,8 +220,8 @@ def build_variants(out: str | Path = VARIANTS_DIR, data: str | Path | None = Non
 def load_variant(name: str, folder: str | Path = VARIANTS_DIR) -> tuple[Any, Any]:
     """(VLM, processor) of one checkpoint of :data:`CHECKPOINTS`; the variants' deltas are checked against their
     manifest's sha256 before loading."""
-    from lensiar.organism import load, lora
-    from lensiar.organism.files import ManifestError, sha256
+    from lensiar.organism import WEIGHTS, load, lora
+    from lensiar.organism.files import ManifestError, read_verified, sha256
 
     if name not in CHECKPOINTS:
         raise ValueError(f"unknown checkpoint {name!r}; known: {', '.join(CHECKPOINTS)}")
@@ -235,13 +235,20 @@ def load_variant(name: str, folder: str | Path = VARIANTS_DIR) -> tuple[Any, Any
     path = folder / "manifest.json"
     if not path.is_file():
         raise ManifestError(f"no variants manifest at {path}; build them with `lensiar organism variants`")
-    files: Mapping[str, Any] = json.loads(path.read_text()).get("files", {})
+    info = json.loads(path.read_text())
+    files: Mapping[str, Any] = info.get("files", {})
     delta = DELTA_OF[name]
     if delta not in files:
         raise ManifestError(f"{path} lists no {name} delta; build it with `lensiar organism variants --only {name}`")
     file = folder / files[delta]["file"]
     if not file.is_file() or sha256(file) != files[delta]["sha256"]:
         raise ManifestError(f"{file} is missing or differs from its manifest; refusing to load it")
+    built_on = info.get("key", {}).get("organism")
+    current = read_verified(WEIGHTS)[0]["files"]["stage_v"]["sha256"]
+    if built_on != current:  # a delta tuned on another organism means nothing on this one
+        raise ManifestError(f"{path}: the variants were built on the organism whose stage V is "
+                            f"{str(built_on)[:12]}..., not on the committed one ({current[:12]}...); rebuild them with "
+                            f"`lensiar organism variants --out {folder}`")
     vlm, proc = load(stage="S" if name in ("P_safe", "V_joint") else "V")
     lora.apply_factors(vlm.model.text_model, load_file(str(file)))
     return vlm.eval(), proc
