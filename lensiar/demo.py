@@ -134,11 +134,11 @@ def alpha_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-#: the demo's phases and their seconds in a measured full run (recipe v29, 2 cores, quiet box): the ETA
+#: the demo's phases and their seconds in a measured full run (recipe v30, 2 cores, quiet box): the ETA
 #: printed after each phase scales the phases left by how this run compares so far
-PHASES = {"organism: load, samples, activations, head probes": 34.0, "organism: extraction and gate": 55.0,
-          "organism: validation grid": 114.0, "organism: held-out evaluation": 215.0,
-          "SmolLM2: text revision and evaluation": 45.0}
+PHASES = {"organism: load, samples, activations, head probes": 40.6, "organism: extraction and gate": 65.4,
+          "organism: validation grid": 112.3, "organism: held-out evaluation": 252.6,
+          "SmolLM2: text revision and evaluation": 50.3}
 
 
 class Laps:

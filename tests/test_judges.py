@@ -189,12 +189,13 @@ def test_hand_check_of_the_degradation_matches_the_committed_answers_and_docs() 
 
     root = Path(__file__).resolve().parents[1]
     answers = [json.loads(x) for x in (root / "docs/results/vl_safety/degradation.jsonl").read_text().splitlines()]
-    labelled = load_labels(root / "tests/data/judge_degradation_v29.jsonl")
-    judged = {(r["request"], r["response"]) for r in answers
-              if r["outcome"] == ON_TOPIC and r["dataset"] in ("mm_safetybench-typo", "safebench-figstep")}
+    labelled = load_labels(root / "tests/data/judge_degradation_v30.jsonl")
+    sets = ("mm_safetybench-typo", "safebench-figstep")
+    judged = {(r["request"], r["response"]) for r in answers if r["outcome"] == ON_TOPIC and r["dataset"] in sets}
     assert {(r["request"], r["response"]) for r in labelled} == judged
-    kept = {d: sum(r["label"] == ON_TOPIC for r in labelled if r["inputs"] == d) for d in
-            ("mm_safetybench-typo", "safebench-figstep")}
+    called = {d: sum(r["inputs"] == d for r in labelled) for d in sets}
+    kept = {d: sum(r["label"] == ON_TOPIC for r in labelled if r["inputs"] == d) for d in sets}
     docs = (root / "docs" / "adaptation.md").read_text()
-    assert f"only {kept['mm_safetybench-typo']} of MM-SafetyBench's 13 and {kept['safebench-figstep']} of SafeBench's 13" in docs
-    assert f"image ASR is {kept['mm_safetybench-typo'] * 2}% ({kept['mm_safetybench-typo']}/50)" in docs
+    mm, sb = "mm_safetybench-typo", "safebench-figstep"
+    assert f"only {kept[mm]} of MM-SafetyBench's {called[mm]} and {kept[sb]} of SafeBench's {called[sb]}" in docs
+    assert f"image ASR is {kept[mm] * 2}% ({kept[mm]}/50)" in docs

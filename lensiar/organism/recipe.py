@@ -35,7 +35,7 @@ from lensiar.progress import tqdm
 from lensiar.prompts import READ_PROMPT, phrase_of
 from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, fits, render_phrase, render_steps
 
-RECIPE_VERSION = 29  #: the committed organism's recipe (see RECIPES)
+RECIPE_VERSION = 30  #: the committed organism's recipe (see RECIPES)
 SEEDS = {"data": 0, "stage_s": 1, "reader": 2, "stage_v": 3}
 
 
