@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,13 +72,16 @@ def main() -> None:
                 "reading_similarity": by["alpaca-read-image"]["similarity"]}
 
     sweep = []
-    for lam in [float(x) for x in args.lambdas.split(",")]:
-        merged = out / "merged"
-        merge(ckpt["base"], ckpt["safe"], ckpt["vl"], merged, lam, "task_arithmetic", overwrite=True, progress=False)
-        lens = Lens(*load_vl_checkpoint(merged))
-        row = {"lambda": lam, **measure(lens, f"merge lambda={lam:g}")}
-        print(json.dumps(row), file=sys.stderr)
-        sweep.append(row)
+    with tempfile.TemporaryDirectory(prefix="lensiar-merge-sweep-") as scratch:  # 0.5 GB a checkpoint: not in --out
+        for lam in [float(x) for x in args.lambdas.split(",")]:
+            merged = Path(scratch) / "merged"
+            merge(ckpt["base"], ckpt["safe"], ckpt["vl"], merged, lam, "task_arithmetic", overwrite=True,
+                  progress=False)
+            lens = Lens(*load_vl_checkpoint(merged))
+            row = {"lambda": lam, **measure(lens, f"merge lambda={lam:g}")}
+            print(json.dumps(row), file=sys.stderr)
+            sweep.append(row)
+            del lens
     revision = []
     bundle_path = args.bundle
     if bundle_path is None:

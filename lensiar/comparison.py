@@ -159,9 +159,11 @@ def run_comparison(out: str | Path = "docs/results", work: str | Path = "reports
     from lensiar.lens import Lens
     from lensiar.merge import merge
     from lensiar.organism import load_vl_checkpoint
-    from lensiar.organism.safety import VARIANTS_DIR, load_variant
+    from lensiar.organism.safety import DELTA_OF, VARIANTS_DIR, load_variant, variant_file
 
     config = config or CompareConfig()
+    for name in DELTA_OF:  # every variant checked before the first of about 20 minutes of evaluation
+        variant_file(name, config.variants or VARIANTS_DIR)
     root = data_dir(data)
     work, out = Path(work), Path(out)
     work.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ def test_a_variant_whose_delta_differs_from_its_manifest_is_refused(tmp_path: Pa
     with pytest.raises(ManifestError, match="differs from its manifest"):
         load_variant("V_safe", copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    del manifest["files"]["v_joint"]
+    manifest["files"].pop("v_joint", None)  # (the committed variants of recipe v30 hold none)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match="lists no V_joint delta"):
         load_variant("V_joint", copy)
@@ -68,6 +68,19 @@ def test_variants_built_on_another_organism_are_refused(tmp_path: Path) -> None:
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match="built on the organism whose stage V is 000000000000"):
         load_variant("P_safe", copy)
+
+
+def test_a_comparison_checks_every_variant_before_evaluating_anything(tmp_path: Path) -> None:
+    from lensiar.comparison import CompareConfig, run_comparison
+
+    copy = tmp_path / "variants"
+    shutil.copytree(VARIANTS_DIR, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"].pop("v_joint", None)  # V_joint not built (as for recipe v30)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="lists no V_joint delta; build it with `lensiar organism variants"):
+        run_comparison(out=tmp_path / "out", work=tmp_path / "work", config=CompareConfig(variants=str(copy)))
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()  # nothing started
 
 
 def test_settings_name_every_checkpoint_and_merge_with_its_formula() -> None:

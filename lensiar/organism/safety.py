@@ -217,20 +217,17 @@ def build_variants(out: str | Path = VARIANTS_DIR, data: str | Path | None = Non
     return manifest
 
 
-def load_variant(name: str, folder: str | Path = VARIANTS_DIR) -> tuple[Any, Any]:
-    """(VLM, processor) of one checkpoint of :data:`CHECKPOINTS`; the variants' deltas are checked against their
-    manifest's sha256 before loading."""
-    from lensiar.organism import WEIGHTS, load, lora
-    from lensiar.organism.files import ManifestError, read_verified, sha256
-
-    if name not in CHECKPOINTS:
-        raise ValueError(f"unknown checkpoint {name!r}; known: {', '.join(CHECKPOINTS)}")
-    if name in ("P", "V"):
-        return load(stage="S" if name == "P" else "V")
+def variant_file(name: str, folder: str | Path = VARIANTS_DIR) -> Path:
+    """The verified delta file of variant ``name`` (V_safe, P_safe or V_joint) in ``folder``: listed in the
+    manifest, its sha256 as recorded, and built on the committed organism. Raises ``ManifestError`` saying which
+    check failed and how to rebuild; loads no model, so a long run can check every variant it needs up front."""
     import json
 
-    from safetensors.torch import load_file
+    from lensiar.organism import WEIGHTS
+    from lensiar.organism.files import ManifestError, read_verified, sha256
 
+    if name not in DELTA_OF:
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(DELTA_OF)}")
     folder = Path(folder)
     path = folder / "manifest.json"
     if not path.is_file():
@@ -249,6 +246,21 @@ def load_variant(name: str, folder: str | Path = VARIANTS_DIR) -> tuple[Any, Any
         raise ManifestError(f"{path}: the variants were built on the organism whose stage V is "
                             f"{str(built_on)[:12]}..., not on the committed one ({current[:12]}...); rebuild them with "
                             f"`lensiar organism variants --out {folder}`")
+    return file
+
+
+def load_variant(name: str, folder: str | Path = VARIANTS_DIR) -> tuple[Any, Any]:
+    """(VLM, processor) of one checkpoint of :data:`CHECKPOINTS`; a variant's delta is checked by
+    :func:`variant_file` before loading."""
+    from safetensors.torch import load_file
+
+    from lensiar.organism import load, lora
+
+    if name not in CHECKPOINTS:
+        raise ValueError(f"unknown checkpoint {name!r}; known: {', '.join(CHECKPOINTS)}")
+    if name in ("P", "V"):
+        return load(stage="S" if name == "P" else "V")
+    file = variant_file(name, folder)
     vlm, proc = load(stage="S" if name in ("P_safe", "V_joint") else "V")
     lora.apply_factors(vlm.model.text_model, load_file(str(file)))
     return vlm.eval(), proc
