@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,29 +44,33 @@ def test_safety_mix_draws_train_requests_apart_from_every_evaluation_item() -> N
     assert len(set(asked.benign_typo) & set(asked.benign_steps)) == 0  # benign styles draw different requests
 
 
+def _variants_copy(folder: Path, edit: Any = None) -> Path:
+    """A copy of the committed variants in ``folder``, its manifest changed by ``edit(manifest)`` if given."""
+    copy = folder / "variants"
+    shutil.copytree(VARIANTS_DIR, copy)
+    if edit is not None:
+        manifest = json.loads((copy / "manifest.json").read_text())
+        edit(manifest)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
 def test_a_variant_whose_delta_differs_from_its_manifest_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown checkpoint 'W'"):
         load_variant("W")
-    copy = tmp_path / "variants"
-    shutil.copytree(VARIANTS_DIR, copy)
+    copy = _variants_copy(tmp_path)
     data = bytearray((copy / "v_safe.safetensors").read_bytes())
     data[-1] ^= 1
     (copy / "v_safe.safetensors").write_bytes(bytes(data))
     with pytest.raises(ManifestError, match="differs from its manifest"):
         load_variant("V_safe", copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["files"].pop("v_joint", None)  # (the committed variants of recipe v30 hold none)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    copy = _variants_copy(tmp_path / "again", lambda m: m["files"].pop("v_joint", None))  # (v30's hold none)
     with pytest.raises(ManifestError, match="lists no V_joint delta"):
         load_variant("V_joint", copy)
 
 
 def test_variants_built_on_another_organism_are_refused(tmp_path: Path) -> None:
-    copy = tmp_path / "variants"
-    shutil.copytree(VARIANTS_DIR, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["key"]["organism"] = "0" * 64  # tuned on a stage V that is not the committed one
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    copy = _variants_copy(tmp_path, lambda m: m["key"].update(organism="0" * 64))  # tuned on another stage V
     with pytest.raises(ManifestError, match="built on the organism whose stage V is 000000000000"):
         load_variant("P_safe", copy)
 
@@ -73,11 +78,7 @@ def test_variants_built_on_another_organism_are_refused(tmp_path: Path) -> None:
 def test_a_comparison_checks_every_variant_before_evaluating_anything(tmp_path: Path) -> None:
     from lensiar.comparison import CompareConfig, run_comparison
 
-    copy = tmp_path / "variants"
-    shutil.copytree(VARIANTS_DIR, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["files"].pop("v_joint", None)  # V_joint not built (as for recipe v30)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    copy = _variants_copy(tmp_path, lambda m: m["files"].pop("v_joint", None))  # V_joint not built (as for v30)
     with pytest.raises(ManifestError, match="lists no V_joint delta; build it with `lensiar organism variants"):
         run_comparison(out=tmp_path / "out", work=tmp_path / "work", config=CompareConfig(variants=str(copy)))
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()  # nothing started

@@ -234,14 +234,8 @@ RECIPES: dict[int, tuple[StageS, StageV]] = {
                 reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16",
                 task_answer="copy_respell", teacher="original", respell_examples=3072, respell_harmful=True,
                 group_rows=True)),
-    30: (StageS(harmless=480, borderline=True, borderline_framings=2, extra_harmful=130, extra_framings="borderline",
-                questions=400, harmful_questions=True, howto=2, advice=40, advice_form="question", soup=(11,),
-                precision="bf16"),
-         StageV(per_task=768, pieces="ordered", read_examples=768, text_replay=384, read_answer="copy",
-                reader_steps=960, reader_focus=0.6, precision="bf16", reader_precision="bf16",
-                task_answer="copy_respell", teacher="original", respell_examples=3072, respell_harmful=True,
-                group_rows=True, split_overhead=64)),
 }
+RECIPES[30] = (RECIPES[29][0], replace(RECIPES[29][1], split_overhead=64))  # v29, its stage-V steps micro-batched
 ADVICE_SCENARIOS = ("10", "11", "12")  #: MM-SafetyBench legal opinion, financial advice, health consultation
 STAGE_S, STAGE_V = RECIPES[RECIPE_VERSION]
 
@@ -411,7 +405,7 @@ Example = dict[str, Any]
 
 
 def _collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e["prompt"]) + len(e["answer"]) for e in examples)
+    width = max(map(row_length, examples))
     ids, labels, mask = [], [], []
     for e in examples:
         seq = e["prompt"] + e["answer"]
@@ -439,9 +433,9 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor], reduction: str = "me
     return torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction=reduction)
 
 
-def answer_tokens(example: Example) -> int:
-    """How many of ``example``'s tokens :func:`answer_loss` scores: its answer (the prompt is never empty)."""
-    return len(example["answer"])
+def row_length(example: Example) -> int:
+    """Tokens of ``example`` as a teacher-forced row: its prompt and its answer."""
+    return len(example["prompt"]) + len(example["answer"])
 
 
 def length_split(lengths: Sequence[int], overhead: int) -> list[list[int]]:
@@ -470,13 +464,13 @@ def batch_backward(model: Any, rows: Sequence[Example], pad_id: int, precision: 
     padded batch. Otherwise length-sorted micro-batches (:func:`length_split`), each backpropagating its summed
     loss over the batch's answer-token count: the same gradient as the whole batch up to float rounding, without
     computing the padding a short row gets from a long one."""
-    lengths = [len(e["prompt"]) + len(e["answer"]) for e in rows]
+    lengths = [row_length(e) for e in rows]
     if split_overhead is None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = answer_loss(model, _collate(rows, pad_id))
         loss.backward()
         return float(loss.detach()), len(rows) * max(lengths)
-    total = sum(map(answer_tokens, rows))
+    total = sum(len(e["answer"]) for e in rows)  # the tokens answer_loss scores (a prompt is never empty)
     value, computed = 0.0, 0
     for run in length_split(lengths, split_overhead):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -540,7 +534,7 @@ def tune(model: Any, decoder: Any, examples: Sequence[Example], pad_id: int, ran
             rows = [examples[i] for i in idx]
             value, tokens = batch_backward(model, rows, pad_id, precision, split_overhead)
             computed += tokens
-            padded += len(rows) * max(len(e["prompt"]) + len(e["answer"]) for e in rows)
+            padded += len(rows) * max(map(row_length, rows))
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad()
