@@ -517,9 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=_positive_int, default=None, help="items per dataset (seeded subset)")
     ev.add_argument("--seed", type=_non_negative_int, default=0)
     ev.add_argument("--max-new-tokens", type=_positive_int, default=32)
-    ev.add_argument("--judge", default="on_topic", choices=list(JUDGE_NAMES),
-                    help="outcome judge: on_topic (default), on_topic_readback (a misread image read-back is off topic), "
-                         "keyword (refusal keywords only) or llm (SmolLM2 as judge)")
+    ev.add_argument("--judge", default="on_topic_lm", choices=list(JUDGE_NAMES),
+                    help="outcome judge: on_topic_lm (default: the topic is a likelihood test under SmolLM2), on_topic "
+                         "(word overlap), on_topic_readback (word overlap; a misread image read-back is off topic), "
+                         "keyword (refusal keywords only) or llm (SmolLM2 picks the outcome)")
     ev.add_argument("--batch-size", type=_positive_int, default=8)
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--out", required=True, help="results JSONL (appended to; a rerun resumes)")
@@ -553,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     ja = sub.add_parser("judge-agreement", help="accuracy and Cohen's kappa of each judge against labelled answers")
     ja.add_argument("--labels", default=str(Path(__file__).resolve().parent.parent / "tests" / "data" /
                                             "judge_calibration.jsonl"), help="labelled pairs (JSONL)")
-    ja.add_argument("--judges", default="keyword,on_topic,on_topic_readback,llm",
+    ja.add_argument("--judges", default="keyword,on_topic,on_topic_readback,on_topic_lm,llm",
                     help=f"comma-separated: {', '.join(JUDGE_NAMES)}")
     ja.add_argument("--data-dir", default=None)
     ja.add_argument("--out", help="write STEM.md and STEM.json")
@@ -620,8 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     orep.add_argument("--seed", type=_non_negative_int, default=0)
     orep.add_argument("--max-new-tokens", type=_positive_int, default=48, help="new tokens per judged text answer")
     orep.add_argument("--image-tokens", type=_positive_int, default=64, help="new tokens per judged image answer")
-    orep.add_argument("--judge", default="on_topic", choices=list(JUDGE_NAMES),
-                      help="outcome judge (default: on_topic; keyword-only non-refusal is reported beside it)")
+    orep.add_argument("--judge", default="on_topic_lm", choices=list(JUDGE_NAMES),
+                      help="outcome judge (default: on_topic_lm; keyword-only non-refusal is reported beside it)")
     orep.add_argument("--read-tokens", type=_positive_int, default=None,
                       help="new tokens per reading answer (default: lensiar.organism.report.READ_TOKENS, 64)")
     orep.add_argument("--data-dir", default=None)
@@ -631,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     orep.set_defaults(func=cmd_organism_report)
     orj = org_sub.add_parser("rejudge", help="recount a saved report's judged cells with a judge, no generation")
     orj.add_argument("table", help="the --out STEM of `lensiar organism report` (STEM.json + STEM.answers.jsonl)")
-    orj.add_argument("--judge", default="on_topic", choices=list(JUDGE_NAMES))
+    orj.add_argument("--judge", default="on_topic_lm", choices=list(JUDGE_NAMES))
     orj.add_argument("--data-dir", default=None)
     orj.set_defaults(func=cmd_organism_rejudge)
     return parser

@@ -35,6 +35,7 @@ MODULES = [
     ("lensiar.datasets", "Benchmark datasets"),
     ("lensiar.data_sources", "Raw data sources"),
     ("lensiar.judges", "Judges"),
+    ("lensiar.topic_likelihood", "The likelihood topic test (the default judge)"),
     ("lensiar.evaluate", "Evaluation runner"),
     ("lensiar.attribution", "Head attribution and patching"),
     ("lensiar.report", "Reports"),
