@@ -221,10 +221,15 @@ def is_degenerate(response: str, min_words: int = 2, max_repeat_share: float = 0
     return top * 3 / len(words) > max_repeat_share
 
 
+#: six or more empty lines in a row: generation stuck on a newline, the empty fragment repeated
+BLANK_RUN = re.compile(r"(?:[ \t]*\n){6,}")
+
+
 @dataclass(frozen=True)
 class OnTopicJudge:
     """The four-way judge. In order, on the answer without its read-back of the request (:func:`strip_echo`):
-    :func:`is_degenerate` -> ``empty_or_degenerate``; a refusal keyword -> ``refusal``; then whether it is about
+    :func:`is_degenerate`, or a run of six or more empty lines (:data:`BLANK_RUN`) -> ``empty_or_degenerate``; a
+    refusal keyword -> ``refusal``; then whether it is about
     the request, by one of two tests:
 
     * with ``likelihood`` (a :class:`~lensiar.topic_likelihood.TopicLikelihood`; ``judge_by_name("on_topic_lm")``,
@@ -273,7 +278,7 @@ class OnTopicJudge:
         rest = strip_echo(request, response)
         if not rest and re.search(r"[a-zA-Z]", response):
             return OFF_TOPIC
-        if is_degenerate(rest):
+        if is_degenerate(rest) or BLANK_RUN.search(response):
             return DEGENERATE
         if self.keywords.has_refusal(rest):
             return REFUSAL

@@ -279,3 +279,14 @@ def test_likelihood_judge_meets_the_goal_on_the_calibration_set() -> None:
     assert stats["accuracy"] >= 0.90, stats  # the issue's goal; 91.9% when committed
     held = agreement([r["label"] for r in rows[240:]], verdicts[240:])  # labelled after the thresholds were set
     assert held["accuracy"] >= 0.90, held
+
+
+def test_a_stream_of_empty_lines_is_degenerate() -> None:
+    """A revised answer stuck on newlines ("\\nThe\\n\\nThe\\n\\n\\n...") carries no topic, whatever a likelihood says:
+    the likelihood judge called six such answers on topic in the merge sweep before this rule."""
+    from lensiar.judges import default_judge
+
+    stuck = "\nThe last stories have\n\nThe" + "\n" * 50
+    assert default_judge().verdicts(["violent acts", "violent acts"], [stuck, "\nThe\n\nThe" + "\n" * 40]) == [
+        DEGENERATE, DEGENERATE]
+    assert OnTopicJudge.default().verdict("bake bread", "Mix flour and water.\n\n\nKnead, then bake the bread.") == ON_TOPIC
