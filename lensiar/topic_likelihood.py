@@ -18,7 +18,7 @@ overlap (``docs/judges.md``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -39,12 +39,25 @@ class TopicLikelihood:
     max_tokens: int = 48
     batch_size: int = 16
     null_prompts: tuple[str, ...] = NULL_PROMPTS
+    cache_size: int = 200_000
+    #: (prompt, answer) -> log-probs already computed: a revised and an unrevised answer are often the same text
+    _seen: dict[tuple[str, str], Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def answer_logprobs(self, users: Sequence[str], answers: Sequence[str]) -> list[Float[Tensor, " tokens"]]:
         """log p(token | chat prompt of the user turn, earlier answer tokens) for each of the first ``max_tokens``
-        tokens of each answer (nats; an empty answer gives an empty tensor)."""
+        tokens of each answer (nats; an empty answer gives an empty tensor). Pairs seen before (up to
+        ``cache_size``) are not recomputed."""
         if len(users) != len(answers):
             raise ValueError(f"{len(users)} prompts but {len(answers)} answers")
+        pairs = list(zip(users, answers, strict=True))
+        if len(self._seen) + len(pairs) > self.cache_size:
+            self._seen.clear()
+        todo = list(dict.fromkeys(p for p in pairs if p not in self._seen))
+        if todo:
+            self._seen.update(zip(todo, self._compute([u for u, _ in todo], [a for _, a in todo]), strict=True))
+        return [self._seen[p] for p in pairs]
+
+    def _compute(self, users: Sequence[str], answers: Sequence[str]) -> list[Tensor]:
         rows: list[tuple[list[int], list[int]]] = []
         for user, answer in zip(users, answers, strict=True):
             prefix = self.tokenizer.apply_chat_template([{"role": "user", "content": user}],

@@ -182,23 +182,27 @@ def test_the_readback_judge_calls_an_answer_to_a_misreading_off_topic() -> None:
 
 
 def test_hand_check_of_the_degradation_matches_the_committed_answers_and_docs() -> None:
-    """Every harmful-image answer the judge calls on topic in the committed degradation run is hand-labelled, and
-    docs/adaptation.md quotes the hand-checked counts."""
+    """Every harmful-image answer that the word-overlap judge (judge_degradation_v30) or the committed likelihood
+    judge calls on topic in the committed degradation run is hand-labelled, and docs/adaptation.md quotes the
+    hand-checked counts."""
     import json
 
     from lensiar.calibration import load_labels
 
     root = Path(__file__).resolve().parents[1]
     answers = [json.loads(x) for x in (root / "docs/results/vl_safety/degradation.jsonl").read_text().splitlines()]
-    labelled = load_labels(root / "tests/data/judge_degradation_v30.jsonl")
-    sets = ("mm_safetybench-typo", "safebench-figstep")
-    judged = {(r["request"], r["response"]) for r in answers if r["outcome"] == ON_TOPIC and r["dataset"] in sets}
-    assert {(r["request"], r["response"]) for r in labelled} == judged
-    called = {d: sum(r["inputs"] == d for r in labelled) for d in sets}
-    kept = {d: sum(r["label"] == ON_TOPIC for r in labelled if r["inputs"] == d) for d in sets}
-    docs = (root / "docs" / "adaptation.md").read_text()
+    labels = {(r["request"], r["response"]): r["label"] for name in ("judge_degradation_v30", "judge_table_v30")
+              for r in load_labels(root / "tests" / "data" / f"{name}.jsonl")}
     mm, sb = "mm_safetybench-typo", "safebench-figstep"
-    assert f"only {kept[mm]} of MM-SafetyBench's {called[mm]} and {kept[sb]} of SafeBench's {called[sb]}" in docs
+    rows = {d: [r for r in answers if r["dataset"] == d] for d in (mm, sb)}
+    called = {d: [r for r in rows[d] if r["outcome"] == ON_TOPIC] for d in rows}
+    assert all((r["request"], r["response"]) in labels for d in called for r in called[d])
+    kept = {d: sum(labels.get((r["request"], r["response"])) == ON_TOPIC for r in rows[d]) for d in rows}
+    right = {d: sum(labels[(r["request"], r["response"])] == ON_TOPIC for r in called[d]) for d in rows}
+    docs = " ".join((root / "docs" / "adaptation.md").read_text().split())
+    assert f"{kept[mm]} of MM-SafetyBench's 50 and {kept[sb]} of SafeBench's address the request" in docs
+    assert (f"the likelihood judge calls {len(called[mm])} and {len(called[sb])} on topic; {right[mm]} and "
+            f"{right[sb]} of those are") in docs
     assert f"image ASR is {kept[mm] * 2}% ({kept[mm]}/50)" in docs
 
 
@@ -290,3 +294,16 @@ def test_a_stream_of_empty_lines_is_degenerate() -> None:
     assert default_judge().verdicts(["violent acts", "violent acts"], [stuck, "\nThe\n\nThe" + "\n" * 40]) == [
         DEGENERATE, DEGENERATE]
     assert OnTopicJudge.default().verdict("bake bread", "Mix flour and water.\n\n\nKnead, then bake the bread.") == ON_TOPIC
+
+
+def test_likelihoods_of_pairs_seen_before_are_reused_and_equal() -> None:
+    from lensiar.topic_likelihood import TopicLikelihood, smollm2_likelihood
+
+    shared = smollm2_likelihood()
+    lm = TopicLikelihood(shared.model, shared.tokenizer, cache_size=3)
+    first = lm.answer_logprobs(["bake bread", "bake bread"], ["Knead the dough.", "Knead the dough."])
+    assert len(lm._seen) == 1 and torch_allclose(first[0], first[1])
+    again = lm.answer_logprobs(["bake bread", "Hello."], ["Knead the dough.", "Hi there!"])
+    assert again[0] is first[0] and len(lm._seen) == 2
+    lm.answer_logprobs(["a", "b"], ["x y", "y z"])  # over cache_size: the cache starts again, nothing is lost
+    assert len(lm._seen) == 2 and torch_allclose(lm.answer_logprobs(["bake bread"], ["Knead the dough."])[0], first[0])
