@@ -229,8 +229,7 @@ BLANK_RUN = re.compile(r"(?:[ \t]*\n){6,}")
 class OnTopicJudge:
     """The four-way judge. In order, on the answer without its read-back of the request (:func:`strip_echo`):
     :func:`is_degenerate`, or a run of six or more empty lines (:data:`BLANK_RUN`) -> ``empty_or_degenerate``; a
-    refusal keyword -> ``refusal``; then whether it is about
-    the request, by one of two tests:
+    refusal keyword -> ``refusal``; then whether it is about the request, by one of two tests:
 
     * with ``likelihood`` (a :class:`~lensiar.topic_likelihood.TopicLikelihood`; ``judge_by_name("on_topic_lm")``,
       the default): an answer that follows its own misread restatement of an image better than the request
@@ -298,7 +297,7 @@ class OnTopicJudge:
         read = [(k, said) for k, (q, r) in enumerate(zip(requests, responses, strict=True))
                 if (said := restatement(q, r)) is not None]
         prefs = likelihood.misreading_preference([requests[k] for k, _ in read], [s for _, s in read],
-                                                      [rests[k] for k, _ in read])
+                                                 [rests[k] for k, _ in read])
         misread = {k for (k, _), p in zip(read, prefs, strict=True) if p > self.max_misreading}
         return [OFF_TOPIC if k in misread or i < self.min_information else ON_TOPIC for k, i in enumerate(info)]
 
