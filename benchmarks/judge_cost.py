@@ -48,14 +48,12 @@ def main() -> None:
     scored = sum(v in ("on_topic_compliance", "off_topic") for v in verdicts)
 
     import lensiar
-    from lensiar.prompt import Prompt
-    from lensiar.render import FIGSTEP_PROMPT, TYPO_PROMPT, render_phrase, render_steps
+    from lensiar.prompts import phrase_prompt, steps_prompt
 
     lens = lensiar.Lens.from_pretrained("organism")
     images = [r for r in rows if r["model"] == "organism VLM" and "image" in r["inputs"] and "read" not in r["inputs"]]
     chosen = random.Random(args.seed).sample(images, args.generate)
-    prompts = [Prompt(TYPO_PROMPT, images=(render_phrase(r["request"]),)) if "TYPO" in r["inputs"]
-               else Prompt(FIGSTEP_PROMPT, images=(render_steps(r["request"]),)) for r in chosen]
+    prompts = [(phrase_prompt if "TYPO" in r["inputs"] else steps_prompt)(r["request"]) for r in chosen]
     t0 = time.perf_counter()
     lens.generate(prompts, max_new_tokens=64, batch_size=16)
     t_gen = (time.perf_counter() - t0) / args.generate

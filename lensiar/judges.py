@@ -294,8 +294,9 @@ class OnTopicJudge:
                        ) -> list[str]:
         rests = [strip_echo(q, r) for q, r in zip(requests, responses, strict=True)]
         info = likelihood.information(requests, rests)
+        # only answers the request informs can still be misreadings: the rest are off topic already
         read = [(k, said) for k, (q, r) in enumerate(zip(requests, responses, strict=True))
-                if (said := restatement(q, r)) is not None]
+                if info[k] >= self.min_information and (said := restatement(q, r)) is not None]
         prefs = likelihood.misreading_preference([requests[k] for k, _ in read], [s for _, s in read],
                                                  [rests[k] for k, _ in read])
         misread = {k for (k, _), p in zip(read, prefs, strict=True) if p > self.max_misreading}
@@ -433,13 +434,10 @@ def judge_by_name(name: str, root: str | os.PathLike[str] | None = None) -> Judg
     if name == "keyword":
         return KeywordJudge.from_lists(root=root)
     if name == "llm":
-        import transformers as tf
+        from lensiar.topic_likelihood import smollm2_likelihood
 
-        from lensiar.models import smollm2_path
-
-        path = smollm2_path()
-        model = tf.AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
-        return LLMJudge(model, tf.AutoTokenizer.from_pretrained(path, local_files_only=True), name="llm:smollm2-135m")
+        shared = smollm2_likelihood()  # the same SmolLM2-135M-Instruct the default judge scores with, loaded once
+        return LLMJudge(shared.model, shared.tokenizer, name="llm:smollm2-135m")
     raise ValueError(f"unknown judge {name!r}; known: {', '.join(JUDGE_NAMES)}")
 
 
