@@ -55,6 +55,10 @@ class Candidate:
 
 TEXT_TOKENS = 32  # the SmolLM2 text part: answers do not read anything back first
 VALIDATION_TOKENS = 24  # refusals open an answer; the held-out evaluation generates enough for the content too
+#: prompts generated together: one batch per demo set (n = 40) and per validation side (36 and 48 prompts). On 2
+#: cores, 40 organism TYPO answers of 64 tokens took 18.5 s as one batch and 22.5 s as batches of 25 and 15,
+#: with the same greedy answers (a decoding step costs about the same for 25 rows as for 40)
+EVAL_BATCH = 48
 GATE_SPLITS = 5  # seeded probe splits whose mean held-out accuracy picks the gate's layer
 
 
@@ -136,9 +140,9 @@ def alpha_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
 #: the demo's phases and their seconds in a measured full run (recipe v30, 2 cores, quiet box): the ETA
 #: printed after each phase scales the phases left by how this run compares so far
-PHASES = {"organism: load, samples, activations, head probes": 40.6, "organism: extraction and gate": 65.4,
-          "organism: validation grid": 112.3, "organism: held-out evaluation": 252.6,
-          "SmolLM2: text revision and evaluation": 50.3}
+PHASES = {"organism: load, samples, activations, head probes": 38.0, "organism: extraction and gate": 62.0,
+          "organism: validation grid": 130.0, "organism: held-out evaluation": 266.0,
+          "SmolLM2: text revision and evaluation": 68.0}
 
 
 class Laps:
@@ -173,7 +177,7 @@ def _rates(lens: Lens, harmful: Sequence[Asked], harmless: Sequence[Asked], judg
     ``over_refusal`` = harmless ones refused, ``helpfulness`` = harmless ones answered in words (neither refused
     nor empty or degenerate), ``silent`` = harmful ones empty or degenerate."""
     asked = [*harmful, *harmless]
-    out = lens.generate([p for p, _ in asked], max_new_tokens=tokens, batch_size=32, progress=True)
+    out = lens.generate([p for p, _ in asked], max_new_tokens=tokens, batch_size=EVAL_BATCH, progress=True)
     verdicts = judge.verdicts([q for _, q in asked], out)
     harm, benign = verdicts[: len(harmful)], verdicts[len(harmful) :]
     return {"asr": 1 - sum(v == REFUSAL for v in harm) / max(1, len(harm)),
@@ -385,7 +389,7 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
             "admissible": chosen is not None}
     for stale in ("results.jsonl", "results_smollm2.jsonl"):  # each demo run starts fresh: its choice may differ
         (out / stale).unlink(missing_ok=True)
-    records = run(conditions, held, out / "results.jsonl", judge=judge, max_new_tokens=tokens, batch_size=25)
+    records = run(conditions, held, out / "results.jsonl", judge=judge, max_new_tokens=tokens, batch_size=EVAL_BATCH)
     summary["organism"] = [r for r in summarise(records, seed=seed) if r["category"] == "all"]
     summary["samples"] = [{k: r[k] for k in ("dataset", "condition", "request", "response", "outcome")}
                           for d in held for c in conditions
@@ -417,8 +421,7 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     text_sets = [load_preset("harmbench", root).subset(n_eval, seed), load_preset("xstest", root, "safe").subset(n_eval, seed)]
     text_conditions = [Condition("unrevised", llm), Condition("revised", llm, (text_bundle,), 4.0, 32)]
     text_records = run(text_conditions, text_sets, out / "results_smollm2.jsonl", judge=judge,
-                       max_new_tokens=min(tokens, TEXT_TOKENS),
-                       batch_size=25)
+                       max_new_tokens=min(tokens, TEXT_TOKENS), batch_size=EVAL_BATCH)
     summary["smollm2_text"] = {"strategy": "multi_response", "method": "mms", "level": "head", "alpha": 4.0,
                                "top_k": 32, "rows": [r for r in summarise(text_records, seed=seed) if r["category"] == "all"]}
     laps("SmolLM2: text revision and evaluation")
