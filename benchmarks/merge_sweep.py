@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--bundle", default=None, help="revision bundle for the comparison (default: the demo's)")
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--out", default="reports/merge_sweep")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start anew: earlier answers in --out are renamed to <file>.<UTC time>.bak, not reused")
     args = parser.parse_args()
     import warnings
 
@@ -47,7 +49,7 @@ def main() -> None:
     from lensiar.adaptation import typo_pairs
     from lensiar.data_sources import data_dir
     from lensiar.demo import _reading_set
-    from lensiar.evaluate import Condition, run, summarise
+    from lensiar.evaluate import Condition, run, set_aside, summarise
     from lensiar.judges import default_judge
     from lensiar.merge import merge
     from lensiar.organism import checkpoints, load, load_vl_checkpoint
@@ -55,6 +57,10 @@ def main() -> None:
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.fresh:
+        for name in ("results.jsonl",):
+            if (moved := set_aside(out / name)) is not None:
+                print(f"--fresh: earlier answers moved to {moved}")
     root = data_dir()
     pairs = typo_pairs(root, args.n, args.seed)
     sets = [pairs[0][1], pairs[2][1], _reading_set(root, args.n, args.seed)]

@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokens", type=int, default=64, help="new tokens (image answers read the image back first)")
     parser.add_argument("--out", default="reports/vl_safety")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start anew: earlier answers in --out are renamed to <file>.<UTC time>.bak, not reused")
     args = parser.parse_args()
     import warnings
 
@@ -46,13 +48,17 @@ def main() -> None:
         weight_change,
     )
     from lensiar.data_sources import data_dir
-    from lensiar.evaluate import read_results
+    from lensiar.evaluate import read_results, set_aside
     from lensiar.judges import default_judge
     from lensiar.organism import load, load_backbone, manifest
 
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.fresh:
+        for name in ("degradation.jsonl",):
+            if (moved := set_aside(out / name)) is not None:
+                print(f"--fresh: earlier answers moved to {moved}")
     llm = Lens(*load_backbone("S"))
     vlm = Lens(*load())
     pairs = typo_pairs(data_dir(), args.n, args.seed)

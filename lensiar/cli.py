@@ -284,7 +284,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar import Lens
     from lensiar.bundle import RevisionBundle
     from lensiar.datasets import load_dataset, load_preset
-    from lensiar.evaluate import Condition, run, summarise
+    from lensiar.evaluate import Condition, run, set_aside, summarise
 
     lens = Lens.from_pretrained(args.model)
     datasets = []
@@ -302,9 +302,13 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         conditions.append(Condition("revised", lens, bundles, args.alpha, args.top_k, args.gate))
     from lensiar.judges import judge_by_name
 
-    records = run(conditions, datasets, args.out, judge=judge_by_name(args.judge, args.data_dir),
+    judge = judge_by_name(args.judge, args.data_dir)
+    moved = set_aside(args.out) if args.fresh else None  # after every argument is checked: a bad one moves nothing
+    if moved is not None:
+        print(f"--fresh: earlier results moved to {moved}", file=sys.stderr)
+    records = run(conditions, datasets, args.out, judge=judge,
                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    return {"out": str(args.out), "records": len(records),
+    return {"out": str(args.out), "records": len(records), **({"set_aside": str(moved)} if moved else {}),
             "summary": [r for r in summarise(records, seed=args.seed) if r["category"] == "all"]}
 
 
@@ -524,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=_positive_int, default=8)
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--out", required=True, help="results JSONL (appended to; a rerun resumes)")
+    ev.add_argument("--fresh", action="store_true",
+                    help="start anew: an existing --out file is renamed to OUT.<UTC time>.bak first (nothing is lost)")
     ev.set_defaults(func=cmd_eval)
 
     st = sub.add_parser("store", help="the vector store: list bundles (and orphan files), show one, export GGUF")

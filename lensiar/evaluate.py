@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,31 @@ def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 RECORD_FIELDS = ("dataset", "condition", "id", "harmful", "response", "refused")
+
+
+def set_aside(path: str | os.PathLike[str]) -> Path | None:
+    """Rename an existing results file to ``<name>.<UTC time>.bak`` beside it (a number added if that exists
+    too), so that the next :func:`run` starts anew and nothing written before is lost; returns the new path, or
+    ``None`` if there was no file."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    if not p.is_file():
+        raise ValueError(f"{p} is not a results file (a directory?); nothing was moved")
+    lock = FileLock(str(p.with_name(p.name + ".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"{p} is being written by another run (lock {lock.lock_file}); nothing was moved") from None
+    try:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        k = 0
+        while (target := p.with_name(f"{p.name}.{stamp}{f'.{k}' if k else ''}.bak")).exists():
+            k += 1
+        os.replace(p, target)  # one rename within the folder: atomic
+        return target
+    finally:
+        lock.release()
 
 
 def dedupe(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

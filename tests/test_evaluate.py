@@ -15,7 +15,7 @@ import torch
 
 import lensiar
 from lensiar.datasets import Dataset, Item
-from lensiar.evaluate import Condition, bootstrap, helpful, read_results, run, similarity, summarise
+from lensiar.evaluate import Condition, bootstrap, helpful, read_results, run, set_aside, similarity, summarise
 
 PROMPTS = [f"Name one fact about the number {k}." for k in range(24)]
 
@@ -71,6 +71,31 @@ def test_bad_runs_write_nothing(tmp_path: Path, smollm2: lensiar.Lens) -> None:
     with pytest.raises(ValueError, match="corrupted"):
         run([Condition("plain", smollm2)], [Dataset("d", (Item("a", "hi", False),), "x")], out)
     assert out.read_text() == "not json\n"
+
+
+def test_set_aside_keeps_earlier_results_and_the_next_run_starts_anew(tmp_path: Path, smollm2: lensiar.Lens) -> None:
+    from filelock import FileLock
+
+    data = Dataset("facts", tuple(Item(f"f{k}", p, False) for k, p in enumerate(PROMPTS[:2])), "test")
+    out = tmp_path / "r.jsonl"
+    assert set_aside(out) is None  # nothing to move
+    old = json.dumps({"dataset": "facts", "condition": "plain", "id": "f0", "category": "", "harmful": False,
+                      "response": "from another model", "refused": False, "judge": "k", "signature": "other"}) + "\n"
+    out.write_text(old)
+    with pytest.raises(ValueError, match="another configuration"):  # without --fresh the stale file is refused
+        run([Condition("plain", smollm2)], [data], out, max_new_tokens=2, progress=False)
+    with FileLock(str(out) + ".lock"), pytest.raises(ValueError, match="being written"):
+        set_aside(out)  # a run holding the lock keeps its file
+    moved = set_aside(out)
+    assert moved is not None and moved.read_text() == old and not out.exists()
+    assert moved.name.startswith("r.jsonl.") and moved.name.endswith(".bak")
+    records = run([Condition("plain", smollm2)], [data], out, max_new_tokens=2, progress=False)
+    assert sorted(r["id"] for r in records) == ["f0", "f1"]
+    assert all(r["response"] != "from another model" for r in records)
+    again = set_aside(out)  # a second one in the same second gets its own name
+    assert again is not None and again != moved and moved.read_text() == old
+    with pytest.raises(ValueError, match="not a results file"):
+        set_aside(tmp_path)
 
 
 def test_summary_rates_and_intervals() -> None:
