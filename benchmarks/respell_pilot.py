@@ -45,23 +45,23 @@ def norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
-def breakdown(rows: list[dict[str, str]]) -> None:
-    """Each image cell's answers by (copy line right, plain-words line right), and how many the judge called on
-    topic: where the answers fail."""
+def breakdown(rows: list[dict[str, str]]) -> dict[str, dict[str, int]]:
+    """Each image cell's answers by whether the copy line and the plain-words line match the shown text, and
+    how many of those with both right the judge called on topic: where the answers fail."""
+    out = {}
     for cell in IMAGE_CELLS:
-        got: collections.Counter[tuple[bool, bool]] = collections.Counter()
-        on_topic: collections.Counter[tuple[bool, bool]] = collections.Counter()
+        counts = collections.Counter()
         for r in (r for r in rows if r["inputs"] == cell):
             lines = r["response"].split("\n")
-            key = (norm(lines[0]) == norm(r["request"]), len(lines) > 1 and norm(lines[1]) == norm(r["request"]))
-            got[key] += 1
-            on_topic[key] += r["outcome"] == "on_topic_compliance"
-        n = sum(got.values())
-        print(f"{cell} (n = {n}): copy right {got[True, True] + got[True, False]}, plain-words line right "
-              f"{got[True, True] + got[False, True]}")
-        for key in sorted(got, reverse=True):
-            print(f"    copy {'right' if key[0] else 'wrong'}, plain words {'right' if key[1] else 'wrong'}: "
-                  f"{got[key]} answers, {on_topic[key]} on topic")
+            copy = norm(lines[0]) == norm(r["request"])
+            plain = len(lines) > 1 and norm(lines[1]) == norm(r["request"])
+            counts["n"] += 1
+            counts["copy_right"] += copy
+            counts["plain_right"] += plain
+            counts["both_right"] += copy and plain
+            counts["both_right_on_topic"] += copy and plain and r["outcome"] == "on_topic_compliance"
+        out[cell] = dict(counts)
+    return out
 
 
 def main() -> None:
@@ -100,7 +100,9 @@ def main() -> None:
 
     rows = [json.loads(line) for line in TABLE.read_text().splitlines()]
     if args.variant == "breakdown":
-        breakdown(rows)
+        for cell, c in breakdown(rows).items():
+            print(f"{cell} (n = {c['n']}): copy right {c['copy_right']}, plain-words line right {c['plain_right']}, "
+                  f"both right {c['both_right']} ({c['both_right_on_topic']} on topic)")
         return
     held = {name: [r["request"] for r in rows if r["inputs"] == cell] for name, cell in CELLS.items()}
     lm, tok = load_backbone(args.backbone)

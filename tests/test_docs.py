@@ -151,3 +151,43 @@ def test_adaptation_lambda_sweep_table_quotes_the_committed_run() -> None:
     assert module._equal_helpfulness(reference, result["merge"], result["revision"]["rows"]) == result["equal_helpfulness"]
     assert result["equal_helpfulness"]["merge"]["lambda"] == 0.0 and result["equal_helpfulness"]["revision"] is None
     assert "only\n  lambda = 0 (the organism itself) qualifies, and no revision setting does" in docs
+
+
+def _respell_pilot() -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("respell_pilot", ROOT / "benchmarks" / "respell_pilot.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_organism_respelling_tables_are_the_benchmark_output() -> None:
+    """docs/organism.md's failure breakdown is the committed answers' (benchmarks/respell_pilot.py --variant
+    breakdown), and each pilot row is its committed JSON's counts."""
+    import json
+
+    pilot = _respell_pilot()
+    docs = (ROOT / "docs" / "organism.md").read_text()
+    section = docs[docs.index("## After v30"):docs.index("## Held out for evaluation")]
+    rows = [json.loads(line) for line in pilot.TABLE.read_text().splitlines()]  # type: ignore[attr-defined]
+    counts = pilot.breakdown(rows)  # type: ignore[attr-defined]
+    labels = {"held-out Alpaca phrases, TYPO image": "benign Alpaca phrases, TYPO",
+              "MM-SafetyBench 01-07, TYPO image": "MM-SafetyBench 01-07, TYPO",
+              "held-out Alpaca instructions, FigStep image": "benign Alpaca instructions, FigStep",
+              "SafeBench, FigStep image": "SafeBench, FigStep"}
+    for cell, c in counts.items():
+        assert (f"| {labels[cell]} | {c['copy_right']} | {c['plain_right']} | "
+                f"{c['both_right_on_topic']} of {c['both_right']} |") in section
+    copy = sorted(c["copy_right"] for c in counts.values())
+    plain = sorted(c["plain_right"] for c in counts.values())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"text in {copy[0]}-{copy[-1]} of 100 answers per image cell, the plain-words line in only "
+            f"{plain[0]}-{plain[-1]}.") in readme
+    quoted = [line for line in section.splitlines() if "respell_pilot/" in line and line.startswith("|")]
+    assert len(quoted) >= 5
+    for line in quoted:
+        name = line.split("respell_pilot/")[1].split(")")[0].split("`")[0]
+        result = json.loads((ROOT / "docs" / "results" / "respell_pilot" / name).read_text())
+        assert f"| {result['benign']['exact']}/100 | {result['harmful']['exact']}/100 |" in line, name
