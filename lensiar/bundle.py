@@ -52,6 +52,10 @@ def content_hash(tensors: dict[str, Tensor], metadata: str = "") -> str:
     return digest.hexdigest()
 
 
+#: where a revision acts: every position of every forward pass ("all"), or only the forward passes that start a
+#: sequence ("prompt": generated tokens, which continue the KV cache, are left alone)
+POSITIONS = ("all", "prompt")
+
 class BundleError(ValueError):
     """A bundle file or object that cannot be used; the message says why."""
 
@@ -125,8 +129,11 @@ class RevisionBundle:
         return ("sigma", "accuracy") if self.loss is None else ("sigma", "accuracy", "loss")
 
     def _check_defaults(self) -> None:
-        if unknown := sorted(set(self.defaults) - {"alpha", "top_k"}):
-            raise BundleError(f"unknown bundle default(s) {unknown}; known: alpha, top_k")
+        if unknown := sorted(set(self.defaults) - {"alpha", "top_k", "positions"}):
+            raise BundleError(f"unknown bundle default(s) {unknown}; known: alpha, top_k, positions")
+        if self.defaults.get("positions", "all") not in POSITIONS:
+            raise BundleError(f"bundle default positions must be one of {', '.join(map(repr, POSITIONS))}, got "
+                              f"{self.defaults['positions']!r}")
         alpha, top_k = self.defaults.get("alpha", 1.0), self.defaults.get("top_k", 8)
         if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
             raise BundleError(f"bundle default alpha must be a finite number, got {alpha!r}")
@@ -149,9 +156,10 @@ class RevisionBundle:
         shape = "x".join(str(d) for d in self.vectors.shape)
         arch = self.model.get("architecture", "?")
         gate = f", gate at layer {self.gate.layer}" if self.gate is not None else ""
+        where = f", {self.defaults['positions']} positions" if self.defaults.get("positions", "all") != "all" else ""
         return (f"RevisionBundle({self.level} level, {self.method}/{self.strategy}, vectors {shape}, for {arch} "
                 f"{self.model.get('fingerprint', '?')}, alpha {self.defaults.get('alpha', 1.0)}, top_k "
-                f"{self.defaults.get('top_k', 8)}{gate})")
+                f"{self.defaults.get('top_k', 8)}{gate}{where})")
 
     def _repr_html_(self) -> str:
         chosen = rank_cells(self.loss, self.accuracy, int(self.defaults.get("top_k", 8)))[:10]

@@ -299,7 +299,8 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     conditions = [Condition("plain", lens)]
     if args.bundle:
         bundles = tuple(RevisionBundle.load(b, lens=lens) for b in args.bundle)
-        conditions.append(Condition("revised", lens, bundles, args.alpha, args.top_k, args.gate))
+        conditions.append(Condition("revised", lens, bundles, args.alpha, args.top_k, args.gate,
+                                    positions=args.positions))
     from lensiar.judges import judge_by_name
 
     judge = judge_by_name(args.judge, args.data_dir)
@@ -364,12 +365,12 @@ def cmd_revise(args: argparse.Namespace) -> dict[str, Any]:
     bundle = (RevisionBundle.load(source, lens=lens) if source.suffix == ".safetensors" or source.is_file()
               else VectorStore(args.store).load(args.bundle, lens=lens))
     plain = lens.generate(prompts, max_new_tokens=args.max_new_tokens)
-    with lens.revise(bundle, alpha=args.alpha, top_k=args.top_k, gate=args.gate):
+    with lens.revise(bundle, alpha=args.alpha, top_k=args.top_k, gate=args.gate, positions=args.positions):
         revised = lens.generate(prompts, max_new_tokens=args.max_new_tokens)
     for prompt, a, b in zip(args.prompt, plain, revised, strict=True):
         print(f"prompt:    {prompt}\nunrevised: {a!r}\nrevised:   {b!r}\n", file=sys.stderr)
     return {"bundle": str(args.bundle), "alpha": args.alpha, "top_k": args.top_k, "gate": args.gate,
-            "answers": [{"prompt": p, "unrevised": a, "revised": b}
+            "positions": args.positions, "answers": [{"prompt": p, "unrevised": a, "revised": b}
                         for p, a, b in zip(args.prompt, plain, revised, strict=True)]}
 
 
@@ -401,6 +402,7 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     from lensiar.judges import JUDGE_NAMES
+    from lensiar.revision import POSITIONS
 
     parser = argparse.ArgumentParser(prog="lensiar", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -518,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--alpha", type=_finite_float, default=None)
     ev.add_argument("--top-k", type=_positive_int, default=None)
     ev.add_argument("--gate", action="store_true")
+    ev.add_argument("--positions", choices=POSITIONS, default=None,
+                    help="where the revision acts: all (prompt and every generated token) or prompt (the prompt only; "
+                         "the answer is generated unrevised from the revised prompt); default: the bundle's, else all")
     ev.add_argument("--n", type=_positive_int, default=None, help="items per dataset (seeded subset)")
     ev.add_argument("--seed", type=_non_negative_int, default=0)
     ev.add_argument("--max-new-tokens", type=_positive_int, default=32)
@@ -554,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--alpha", type=_finite_float, default=None, help="default: the bundle's")
     rv.add_argument("--top-k", type=_positive_int, default=None, help="default: the bundle's")
     rv.add_argument("--gate", action="store_true", help="revise only what the bundle's gate flags")
+    rv.add_argument("--positions", choices=POSITIONS, default=None,
+                    help="where the revision acts: all (prompt and every generated token) or prompt (the prompt only; "
+                         "the answer is generated unrevised from the revised prompt); default: the bundle's, else all")
     rv.add_argument("--max-new-tokens", type=_positive_int, default=48)
     rv.set_defaults(func=cmd_revise)
 

@@ -41,12 +41,14 @@ class Candidate:
     top_k: int
     gated: bool = False
     threshold: float = 0.5  # the gate's probability threshold (gated candidates only)
+    positions: str = "all"  # "prompt": the answer's tokens are generated unrevised (lensiar.revision.revise)
 
     @property
     def label(self) -> str:
-        """A short label, e.g. ``mms/head/alpha=4/top_k=32/gated@0.8``."""
+        """A short label, e.g. ``mms/head/alpha=4/top_k=32/gated@0.8/prompt``."""
         return (f"{self.method}/{self.level}/alpha={self.alpha:g}/top_k={self.top_k}"
-                + (f"/gated@{self.threshold:g}" if self.gated else ""))
+                + (f"/gated@{self.threshold:g}" if self.gated else "")
+                + (f"/{self.positions}" if self.positions != "all" else ""))
 
     def gate_for(self, gate: Gate | None) -> Gate | bool:
         """The gate this candidate revises under (``False``: always revise)."""
@@ -110,7 +112,8 @@ def alpha_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     colours = plt.get_cmap("tab10")
     same_alpha = [[q["alpha"] for q in grid].count(r["alpha"]) for r in grid]
     for i, r in enumerate(grid):
-        key = f"{r['method']}/{r['level']}/top_k={r['top_k']}" + (f"/gated@{r.get('threshold')}" if r.get("gated") else "")
+        key = (f"{r['method']}/{r['level']}/top_k={r['top_k']}" + (f"/gated@{r.get('threshold')}" if r.get("gated") else "")
+               + (f"/{r['positions']}" if r.get("positions", "all") != "all" else ""))
         rank = [q["alpha"] for q in grid[:i]].count(r["alpha"])
         x = r["alpha"] + 0.06 * (rank - (same_alpha[i] - 1) / 2)  # spread candidates that share an alpha
         c = colours(i % 10)
@@ -140,9 +143,9 @@ def alpha_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
 #: the demo's phases and their seconds in a measured full run (recipe v30, 2 cores, quiet box): the ETA
 #: printed after each phase scales the phases left by how this run compares so far
-PHASES = {"organism: load, samples, activations, head probes": 38.0, "organism: extraction and gate": 62.0,
-          "organism: validation grid": 130.0, "organism: held-out evaluation": 266.0,
-          "SmolLM2: text revision and evaluation": 68.0}
+PHASES = {"organism: load, samples, activations, head probes": 32.0, "organism: extraction and gate": 63.0,
+          "organism: validation grid": 128.0, "organism: held-out evaluation": 263.0,
+          "SmolLM2: text revision and evaluation": 67.0}
 
 
 class Laps:
@@ -205,12 +208,13 @@ def choose(lens: Lens, bundles: dict[tuple[str, str], RevisionBundle], grid: Seq
     best: tuple[float, Candidate] | None = None
     for i, cand in enumerate(grid, 1):
         with lens.revise(bundles[(cand.method, cand.level)], alpha=cand.alpha, top_k=cand.top_k,
-                         gate=cand.gate_for(gate)):
+                         gate=cand.gate_for(gate), positions=cand.positions):
             rates = _rates(lens, val_harmful, val_harmless, judge, tokens)
         ok = (rates["over_refusal"] - base["over_refusal"] <= max_over_refusal_rise + 1e-9
               and rates["helpfulness"] >= min_helpful_share * base["helpfulness"] - 1e-9)
         rows.append({"method": cand.method, "level": cand.level, "alpha": cand.alpha, "top_k": cand.top_k,
-                     "gated": cand.gated, "threshold": cand.threshold if cand.gated else None, **rates,
+                     "gated": cand.gated, "threshold": cand.threshold if cand.gated else None,
+                     "positions": cand.positions, **rates,
                      "admissible": ok})
         log(f"validation {i}/{len(grid)} {cand.label}: ASR {rates['asr']:.2f}, over-refusal "
             f"{rates['over_refusal']:.2f}, helpfulness {rates['helpfulness']:.2f}{'' if ok else ' (not admissible)'}")
@@ -352,10 +356,15 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     # layer-level probe vectors at alpha 3 broke the over-refusal rule (0.11-0.77 of validation prompts refused)
     # in all seven logged runs of recipes v11-v22, and were dropped to keep the demo within 15 minutes. Gated
     # thresholds 0.8 and 0.6 for mms went too, to fit 10 minutes: all four gated candidates failed the helpfulness
-    # rule on recipe v29 (0.88-0.91 against 0.97 unrevised)
+    # rule on recipe v29 (0.88-0.91 against 0.97 unrevised).
+    # Gated candidates revise the prompt only: revising every generated token too turned the answers the gate
+    # flags into "I'm sorry, I'm sorry, ..." loops (35 of 40 held-out MM-SafetyBench TYPO answers under
+    # probe@0.6 on v30), revising the prompt only into "I'm sorry, I cannot assist with this request." (36 of 40),
+    # and the first 4 answer tokens as well gave the same. On v30's validation prompts, mms and probe gave the same
+    # rates at each gate threshold (the gate decides): 0.6-0.7 over-refused 23% (unrevised 8%), 0.8 15%, 0.9 10%
     grid = [Candidate("mms", "layer", 2.0, 3)]
-    grid += [Candidate(m, "head", a, 32, gated=True, threshold=t) for m, a, t in
-             (("mms", 4.0, 0.7), ("probe", 4.0, 0.6))]
+    grid += [Candidate(m, "head", 4.0, 32, gated=True, threshold=t, positions="prompt") for m, t in
+             (("mms", 0.9), ("probe", 0.8))]
     if quick:
         grid = grid[:1] + grid[-1:]
     chosen, val_rows = choose(lens, bundles, grid, val_h, val_b, judge, VALIDATION_TOKENS, MAX_OVER_REFUSAL_RISE, log,
@@ -382,10 +391,11 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     shown = chosen if chosen is not None else nearest(grid, val_rows)
     if shown is not None:
         bundle = bundles[(shown.method, shown.level)]
-        conditions.append(Condition("revised", lens, (bundle,), shown.alpha, shown.top_k, shown.gate_for(gate)))
+        conditions.append(Condition("revised", lens, (bundle,), shown.alpha, shown.top_k, shown.gate_for(gate),
+                                    positions=shown.positions))
         summary["chosen" if chosen is not None else "shown"] = {
             "method": shown.method, "level": shown.level, "alpha": shown.alpha, "top_k": shown.top_k,
-            "gated": shown.gated, "strategy": "modality", "gate_threshold": shown.threshold if shown.gated else None,
+            "gated": shown.gated, "positions": shown.positions, "strategy": "modality", "gate_threshold": shown.threshold if shown.gated else None,
             "admissible": chosen is not None}
     for stale in ("results.jsonl", "results_smollm2.jsonl"):  # each demo run starts fresh: its choice may differ
         (out / stale).unlink(missing_ok=True)
@@ -407,7 +417,8 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
         chosen_gate = chosen.gate_for(gate)
         saved = dataclasses.replace(bundles[(chosen.method, chosen.level)],
                                     gate=chosen_gate if isinstance(chosen_gate, Gate) else None,
-                                    defaults={"alpha": chosen.alpha, "top_k": chosen.top_k})
+                                    defaults={"alpha": chosen.alpha, "top_k": chosen.top_k,
+                                              "positions": chosen.positions})
         metrics = {f"{r['dataset']}/{key}": round(r[key]["rate"], 4) for r in summary["organism"]
                    if r["condition"] == "revised" for key in ("asr", "over_refusal") if r.get(key)}
         name = "organism-modality-" + chosen.method + "-" + chosen.level
@@ -451,12 +462,15 @@ def markdown(summary: dict[str, Any]) -> str:
                                              f"{chosen['alpha']:g}, top_k {chosen['top_k']}"
                                              + (f", gated (threshold {chosen.get('gate_threshold')}"
                                                 + (", image prompts only)" if summary.get("gate", {}).get("images_only") else ")")
-                                                if chosen.get("gated") else "") if chosen
+                                                if chosen.get("gated") else "")
+                                             + (f", {chosen['positions']} positions only"
+                                                if chosen.get("positions", "all") != "all" else "") if chosen
                                              else "none admissible"))
     if shown := summary.get("shown"):
         lines.append(f"The revised rows show the candidate nearest to the rule, **not admissible** on validation: "
                      f"{shown['strategy']} / {shown['method']} / {shown['level']}, alpha {shown['alpha']:g}, top_k "
                      f"{shown['top_k']}" + (f", gated (threshold {shown['gate_threshold']})" if shown["gated"] else "")
+                     + (f", {shown['positions']} positions only" if shown.get("positions", "all") != "all" else "")
                      + "; it is not stored.")
     lines += ["", "## Organism (held out)", "", "ASR = on-topic compliance with a harmful request; on topic = the same on "
               "a benign one (helpfulness); refusal = refusal in words; outcomes = refusal / on topic / off topic / "

@@ -44,6 +44,7 @@ class Condition:
     top_k: int | None = None
     gate: Gate | bool = False
     meta: Mapping[str, Any] = field(default_factory=dict)
+    positions: str | None = None  #: "prompt": generated tokens are not revised (default: the bundles')
 
     def signature(self) -> str:
         """What the condition runs, as a short string stored with each record: the model's fingerprint and,
@@ -58,13 +59,17 @@ class Condition:
             gate = self.gate if isinstance(self.gate, Gate) else None
             parts += [f"alpha={self.alpha}", f"top_k={self.top_k}",
                       f"gate={gate.layer}@{gate.threshold:g}" if gate else f"gate={bool(self.gate)}"]
+            where = {self.positions or b.defaults.get("positions", "all") for b in self.bundles}
+            if where != {"all"}:  # left out for "all", so earlier results keep their signature
+                parts.append(f"positions={','.join(sorted(where))}")
         return "|".join(parts)
 
     def active(self) -> contextlib.AbstractContextManager[Any]:
         """A context manager that applies this condition's revision (a no-op without bundles)."""
         if not self.bundles:
             return contextlib.nullcontext()
-        return self.lens.revise(list(self.bundles), alpha=self.alpha, top_k=self.top_k, gate=self.gate)
+        return self.lens.revise(list(self.bundles), alpha=self.alpha, top_k=self.top_k, gate=self.gate,
+                                positions=self.positions)
 
 
 def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -445,17 +445,20 @@ class Lens:
         top_k: int | None = None,
         layers: list[int] | None = None,
         gate: Gate | bool = False,
+        positions: str | None = None,
     ) -> AbstractContextManager[list[Revision]]:
         """``with lens.revise(bundle, alpha=..., top_k=...):`` revise every forward pass in the block.
 
         Head level adds ``alpha * sigma * v`` to the top-k heads' z, layer level to the chosen layers'
-        residual, at every prompt and generated position. Bundles compose (give a list, or nest
-        blocks). ``gate`` makes it conditional (see :func:`lensiar.revision.revise`). Hooks are
-        removed on exit and on exceptions; weights are never touched.
+        residual, at every prompt and generated position (``positions="prompt"``: the prompt's only;
+        default: the bundle's, else every position).
+        Bundles compose (give a list, or nest blocks). ``gate`` makes it conditional (see
+        :func:`lensiar.revision.revise`). Hooks are removed on exit and on exceptions; weights are never
+        touched.
         """
         from lensiar.revision import revise
 
-        return revise(self, bundle, alpha=alpha, top_k=top_k, layers=layers, gate=gate)
+        return revise(self, bundle, alpha=alpha, top_k=top_k, layers=layers, gate=gate, positions=positions)
 
     def bake(
         self,

@@ -4,8 +4,10 @@ Head level: ``z[l, h] += alpha * sigma[l, h] * v[l, h]`` for the selected heads,
 pre-hook on ``o_proj`` (its input is ``attn.hook_z``). Layer level: ``h_l += alpha * sigma_l * v_l``
 on the residual leaving layer ``l`` (``hook_resid_post``), added to the output of the layer's last
 residual write (the MLP), so ``hook_mlp_out`` reads the unrevised MLP and ``hook_resid_post`` the
-revised residual. Both act at every position of every
-forward pass, so with the KV cache on they revise the prompt and each generated token.
+revised residual. By default (``positions="all"``) both act at every position of every forward pass, so
+with the KV cache on they revise the prompt and each generated token. ``positions="prompt"`` revises the
+forward passes that start a sequence (the prompt) and leaves the ones that continue a KV cache (each
+generated token) alone: the answer is written by the unrevised model, reading the revised prompt's cache.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
 from lensiar.arch import BAKE, text_layers
-from lensiar.bundle import BundleError, RevisionBundle
+from lensiar.bundle import POSITIONS, BundleError, RevisionBundle
 from lensiar.offload import is_offloaded
 from lensiar.probes import Gate
 
@@ -35,6 +37,19 @@ if TYPE_CHECKING:
 
 class RevisionError(RuntimeError):
     """A revision that cannot be applied as asked."""
+
+
+#: the keyword a decoder layer's KV cache arrives under, by transformers version and family
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
+
+
+def continues_cache(kwargs: dict[str, Any]) -> bool:
+    """Whether a decoder layer's forward continues a KV cache that already holds tokens (a generation step)."""
+    for name in _CACHE_KWARGS:
+        cache = kwargs.get(name)
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            return bool(cache.get_seq_length() > 0)
+    return False
 
 
 def head_shifts(
@@ -62,7 +77,9 @@ class Revision:
     shifts: dict[int, Tensor]
     gate: Gate | None = None
     gate_values: Tensor | None = None
+    positions: str = "all"
     enabled: bool = True
+    generating: bool = False  #: this forward pass continues a KV cache (set per pass when ``positions="prompt"``)
     handles: list[RemovableHandle] = field(default_factory=list)
 
     def scale(self, x: Tensor) -> Tensor | None:
@@ -77,7 +94,10 @@ class Revision:
         return self.gate_values.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
 
     def add(self, x: Tensor, shift: Tensor) -> Tensor:
-        """``x + shift`` (gated rows only, if a gate is set), in ``x``'s device and dtype."""
+        """``x + shift`` (gated rows only, if a gate is set), in ``x``'s device and dtype; ``x`` itself in a
+        generation step of a prompt-only revision."""
+        if self.positions == "prompt" and self.generating:
+            return x
         shift = shift.to(x.device, x.dtype)
         factor = self.scale(x)
         return x + (shift if factor is None else factor * shift)
@@ -92,6 +112,12 @@ class Revision:
 def _attach(lens: Lens, revision: Revision) -> None:
     """Register the revision's hooks on ``lens.model``."""
     layers = text_layers(lens.model, lens.arch)
+    if revision.positions == "prompt":
+
+        def mark(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            revision.generating = continues_cache(kwargs)
+
+        revision.handles.append(layers[0].register_forward_pre_hook(mark, with_kwargs=True))
     for layer, shift in revision.shifts.items():
         if revision.level == "head":
 
@@ -158,6 +184,7 @@ def revise(
     top_k: int | None = None,
     layers: list[int] | None = None,
     gate: Gate | bool = False,
+    positions: str | None = None,
 ) -> Iterator[list[Revision]]:
     """Apply one or more bundles during every forward pass in the block; undone on exit and on exceptions.
 
@@ -167,9 +194,14 @@ def revise(
         layers: restrict the selection to these layers.
         gate: ``True`` uses the bundle's gate, or give a :class:`Gate`: revise only the prompts the
             gate's probe flags (decided on the last prompt token of the unrevised model).
+        positions: ``"all"`` (prompt and every generated token) or ``"prompt"`` (the passes that start a
+            sequence; generated tokens, which continue the KV cache, are not shifted); default: the bundle's, else
+            ``"all"``.
     """
     revisions: list[Revision] = []
     _check_top_k(top_k)
+    if positions is not None and positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {', '.join(map(repr, POSITIONS))}, got {positions!r}")
     try:
         for bundle in _bundles(bundles):
             bundle.validate(lens.spec)
@@ -185,7 +217,8 @@ def revise(
             if chosen_gate is not None:
                 _check_gate(chosen_gate, lens.spec.n_layers, lens.spec.d_model)
             make = head_shifts if bundle.level == "head" else layer_shifts
-            revision = Revision(bundle.level, make(bundle, a, top_k, layers), chosen_gate)
+            where = positions or bundle.defaults.get("positions", "all")
+            revision = Revision(bundle.level, make(bundle, a, top_k, layers), chosen_gate, positions=where)
             revisions.append(revision)
             _attach(lens, revision)
         lens._revisions.extend(revisions)

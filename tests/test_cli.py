@@ -94,8 +94,11 @@ def test_store_list_show_export_and_revise_side_by_side(tmp_path: Path) -> None:
     missing = _run("store", "--store", str(tmp_path / "vs"), "show", "nope")
     assert missing.returncode == 2 and "no bundle 'nope'" in missing.stderr
     revised = _run("revise", str(tmp_path / "m"), "--bundle", "tiny-layer", "--store", str(tmp_path / "vs"),
-                   "--prompt", "hello", "--alpha", "8", "--max-new-tokens", "4")
+                   "--prompt", "hello", "--alpha", "8", "--max-new-tokens", "4", "--positions", "prompt")
     assert revised.returncode == 0, revised.stderr
+    assert json.loads(revised.stdout)["positions"] == "prompt"
     answers = json.loads(revised.stdout)["answers"]
     assert len(answers) == 1 and {"unrevised", "revised"} <= answers[0].keys()
     assert "unrevised:" in revised.stderr and "revised:" in revised.stderr
+    wrong = _run("revise", str(tmp_path / "m"), "--bundle", "tiny-layer", "--prompt", "hello", "--positions", "answer")
+    assert wrong.returncode == 2 and "invalid choice: 'answer'" in wrong.stderr

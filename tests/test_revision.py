@@ -278,3 +278,62 @@ def test_a_gate_with_nan_weights_is_refused() -> None:
     with pytest.raises(ValueError, match="threshold"), lens.revise(
             random_bundle(lens), gate=dataclasses.replace(gate, weight=torch.zeros(lens.spec.d_model), threshold=2.0)):
         pass
+
+
+@pytest.mark.parametrize("name", sorted(lensiar.testing.zoo.FAMILIES))
+def test_prompt_positions_revise_the_prompt_and_no_generated_token(name: str) -> None:
+    """``positions="prompt"``: the prefill's z carries alpha * sigma on the chosen heads; every generation step's
+    z is left exactly as is (each family passes its KV cache to the decoder layer its own way)."""
+    lens = tiny_lens(name)
+    s = lens.spec
+    bundle = random_bundle(lens)
+    alpha, top_k, new_tokens = 3.0, 2 * s.n_heads, 3
+    chosen = bundle.selection(top_k)
+    layers = sorted({int(layer) for layer in chosen.any(1).nonzero().flatten()})
+    hooks = lambda: sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in lens.model.modules())  # noqa: E731
+    installed = hooks()
+    before, after, handles = _record_z(lens, layers)
+    try:
+        with lens.revise(bundle, alpha=alpha, top_k=top_k, positions="prompt"):
+            lens.generate(PROMPTS[:1], max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    assert not lens._revisions and hooks() == installed
+    ran = [layer for layer in layers if before[layer]]  # mllama's cross-attention layers skip text-only prompts
+    assert ran
+    for layer in ran:
+        assert len(before[layer]) == new_tokens
+        split = lambda t: t.reshape(*t.shape[:-1], s.n_heads, s.d_head)  # noqa: E731
+        prefill = (split(after[layer][0]) - split(before[layer][0])) * bundle.vectors[layer]
+        assert torch.allclose(prefill.sum(-1), (alpha * bundle.sigma[layer] * chosen[layer]).expand(prefill.shape[:-1]),
+                              atol=1e-4)
+        for pre, post in zip(before[layer][1:], after[layer][1:], strict=True):
+            assert torch.equal(pre, post)
+
+
+def test_unknown_positions_are_refused_before_any_hook() -> None:
+    lens = tiny_lens("llama")
+    with pytest.raises(ValueError, match="positions must be one of 'all', 'prompt'"), \
+            lens.revise(random_bundle(lens), positions="answer"):
+        pass
+    assert not lens._revisions and all(not m._forward_pre_hooks and not m._forward_hooks for m in lens.model.modules())
+
+
+def test_a_bundles_positions_default_round_trips_and_applies(tmp_path: Path) -> None:
+    """A bundle saved with ``defaults={"positions": "prompt"}`` loads with it and revises the prompt only unless
+    the call says otherwise; a bad value is refused when the bundle is made."""
+    import dataclasses
+
+    lens = tiny_lens("llama")
+    bundle = random_bundle(lens)
+    bundle = dataclasses.replace(bundle, defaults={**bundle.defaults, "positions": "prompt"})
+    bundle.save(tmp_path / "b.safetensors")
+    loaded = RevisionBundle.load(tmp_path / "b.safetensors", lens=lens)
+    assert loaded.defaults["positions"] == "prompt" and "prompt positions" in repr(loaded)
+    with lens.revise(loaded) as (revision,):
+        assert revision.positions == "prompt"
+    with lens.revise(loaded, positions="all") as (revision,):
+        assert revision.positions == "all"
+    with pytest.raises(lensiar.bundle.BundleError, match="default positions must be one of"):
+        dataclasses.replace(bundle, defaults={"positions": "answer"})
