@@ -280,34 +280,26 @@ def _reading_set(root: Any, n: int, seed: int) -> Dataset:
                    "refusal_direction harmless_val")
 
 
-def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_store", n_eval: int = 40,
-             seed: int = 0, tokens: int = 64, quick: bool = False, data: Any = None,
-             log: Callable[[str], None] = print, organism: str | Path | None = None) -> dict[str, Any]:
-    """Run the demo; returns the summary (also written to ``out_dir/summary.json``). ``organism`` is an organism
-    folder (``lensiar organism build --out DIR``) to demo instead of the committed one."""
-    from lensiar.data_sources import data_dir
-    from lensiar.store import VectorStore
+@dataclass(frozen=True)
+class OrganismSetup:
+    """What the demo builds on the organism before choosing a revision: the validation prompts, the head
+    ranking, the four bundles (mms / probe x head / layer) and the images-only gate."""
 
-    t0 = time.perf_counter()
-    laps = Laps(log)
-    root = data_dir(data)  # before anything is written: a wrong data directory leaves no folder behind
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    judge = default_judge(root)
-    n_eval = 8 if quick else n_eval
-    summary: dict[str, Any] = {"judge": judge.name, "seed": seed, "max_new_tokens": tokens, "decoding": "greedy"}
+    val_harmful: list[Asked]
+    val_harmless: list[Asked]
+    ranking: ProbeResult
+    bundles: dict[tuple[str, str], RevisionBundle]
+    gate: Gate
+    gate_accuracy: Any  #: [n_layers] mean held-out accuracy of the gate's residual probe per layer
 
-    # ------------------------------------------------------------------ organism
+
+def organism_setup(lens: Lens, root: Any, seed: int = 0, quick: bool = False, log: Callable[[str], None] = print,
+                   laps: Callable[[str], None] | None = None) -> OrganismSetup:
+    """Train-split samples -> head probes -> vectors -> gate, as ``lensiar demo`` runs them (also used by
+    ``benchmarks/revision_positions.py``); ``laps`` is called with each phase's name as it ends."""
+    laps = laps or (lambda _: None)
     from lensiar.organism.report import MM_SAFETY_VALIDATION, mm_safety
 
-    if organism is None:
-        lens = Lens.from_pretrained("organism")
-    else:
-        from lensiar.organism import load, manifest
-
-        vlm, organism_processor = load(organism)
-        lens = Lens(vlm.eval(), organism_processor)
-        summary["organism_weights"] = {"folder": str(organism), "recipe_version": manifest(organism)["recipe_version"]}
     harmful = [r.text for r in load_source("rd_harmful", root, "train") if fits(phrase_of(r.text))]
     random.Random(seed).shuffle(harmful)
     benign = [r.text for r in load_source("rd_harmless", root, "train")]
@@ -331,7 +323,6 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     acts: SampleActivations = sample_activations(lens, samples, progress=True)
     ranking = probe_heads(None, acts, seed=seed)
     laps("organism: load, samples, activations, head probes")
-    heatmap(ranking, out / "head_accuracy.png", "organism: text vs image (modality), held-out probe accuracy")
     bundles = {(m, lvl): extract(lens, acts, method=m, level=lvl, seed=seed, ranking=ranking, progress=False)
                for m in ("mms", "probe") for lvl in ("head", "layer")}
     # conditional revision: a gate from a harmful-vs-harmless probe on the residual at the last prompt token,
@@ -350,6 +341,39 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     gate_layer = int(gate_accuracy.argmax())  # ties: the lowest layer
     gate = probe_heads(None, gate_acts, seed=seed, progress=False, folds=None).gate(layer=gate_layer, images_only=True)
     laps("organism: extraction and gate")
+    return OrganismSetup(val_h, val_b, ranking, bundles, gate, gate_accuracy)
+
+
+def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_store", n_eval: int = 40,
+             seed: int = 0, tokens: int = 64, quick: bool = False, data: Any = None,
+             log: Callable[[str], None] = print, organism: str | Path | None = None) -> dict[str, Any]:
+    """Run the demo; returns the summary (also written to ``out_dir/summary.json``). ``organism`` is an organism
+    folder (``lensiar organism build --out DIR``) to demo instead of the committed one."""
+    from lensiar.data_sources import data_dir
+    from lensiar.store import VectorStore
+
+    t0 = time.perf_counter()
+    laps = Laps(log)
+    root = data_dir(data)  # before anything is written: a wrong data directory leaves no folder behind
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    judge = default_judge(root)
+    n_eval = 8 if quick else n_eval
+    summary: dict[str, Any] = {"judge": judge.name, "seed": seed, "max_new_tokens": tokens, "decoding": "greedy"}
+
+    # ------------------------------------------------------------------ organism
+    if organism is None:
+        lens = Lens.from_pretrained("organism")
+    else:
+        from lensiar.organism import load, manifest
+
+        vlm, organism_processor = load(organism)
+        lens = Lens(vlm.eval(), organism_processor)
+        summary["organism_weights"] = {"folder": str(organism), "recipe_version": manifest(organism)["recipe_version"]}
+    setup = organism_setup(lens, root, seed, quick, log, laps)
+    val_h, val_b, bundles, gate, gate_accuracy = (setup.val_harmful, setup.val_harmless, setup.bundles, setup.gate,
+                                                  setup.gate_accuracy)
+    heatmap(setup.ranking, out / "head_accuracy.png", "organism: text vs image (modality), held-out probe accuracy")
     # alpha 1 changes nothing and alpha 4 makes the organism refuse everything (measured in earlier runs);
     # strong revisions are tried only behind the gate. One ungated candidate stays as the reference: the
     # layer-level mms vectors that benchmarks/merge_sweep.py compares merging with. Ungated head-level mms and
@@ -358,10 +382,9 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     # thresholds 0.8 and 0.6 for mms went too, to fit 10 minutes: all four gated candidates failed the helpfulness
     # rule on recipe v29 (0.88-0.91 against 0.97 unrevised).
     # Gated candidates revise the prompt only: revising every generated token too turned the answers the gate
-    # flags into "I'm sorry, I'm sorry, ..." loops (35 of 40 held-out MM-SafetyBench TYPO answers under
-    # probe@0.6 on v30), revising the prompt only into "I'm sorry, I cannot assist with this request." (36 of 40),
-    # and the first 4 answer tokens as well gave the same. On v30's validation prompts, mms and probe gave the same
-    # rates at each gate threshold (the gate decides): 0.6-0.7 over-refused 23% (unrevised 8%), 0.8 15%, 0.9 10%
+    # flags into "I'm sorry, I'm sorry, ..." loops, the prompt only into "I'm sorry, I cannot assist with this
+    # request." On validation, mms and probe give the same rates at each gate threshold (the gate decides), and
+    # only 0.9 kept over-refusal within the rule (python benchmarks/revision_positions.py, recipe v30)
     grid = [Candidate("mms", "layer", 2.0, 3)]
     grid += [Candidate(m, "head", 4.0, 32, gated=True, threshold=t, positions="prompt") for m, t in
              (("mms", 0.9), ("probe", 0.8))]

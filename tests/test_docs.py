@@ -191,3 +191,25 @@ def test_organism_respelling_tables_are_the_benchmark_output() -> None:
         name = line.split("respell_pilot/")[1].split(")")[0].split("`")[0]
         result = json.loads((ROOT / "docs" / "results" / "respell_pilot" / name).read_text())
         assert f"| {result['benign']['exact']}/100 | {result['harmful']['exact']}/100 |" in line, name
+
+
+def test_prompt_only_revision_figures_are_the_benchmark_output() -> None:
+    """docs/evaluation.md's prompt-only table and validation rates, and concepts.md's counts, are
+    docs/results/revision_positions.json's (benchmarks/revision_positions.py)."""
+    import json
+
+    result = json.loads((ROOT / "docs" / "results" / "revision_positions.json").read_text())
+    docs = (ROOT / "docs" / "evaluation.md").read_text()
+    for r in result["held_out"]["rows"]:
+        assert (f"| {r['dataset']} | {r['condition']} | {r['refusal']} / {r['on_topic_compliance']} / "
+                f"{r['off_topic']} / {r['empty_or_degenerate']} |") in docs
+    over = {(r["method"], r.get("threshold"), r.get("positions")): round(100 * r["over_refusal"])
+            for r in result["validation"]["rows"]}
+    quoted = " ".join(docs.split())
+    assert (f"over-refusal {over[('mms', 0.6, 'prompt')]}% at 0.6 and 0.7, {over[('mms', 0.8, 'prompt')]}% at 0.8 "
+            f"and {over[('mms', 0.9, 'prompt')]}% at 0.9, against {over[('none', None, None)]}% unrevised") in quoted
+    assert over[("mms", 0.6, "prompt")] == over[("mms", 0.7, "prompt")]
+    mm = {r["condition"]: r for r in result["held_out"]["rows"] if r["dataset"] == "mm_safetybench-typo"}
+    concepts = " ".join((ROOT / "docs" / "concepts.md").read_text().split())
+    assert (f"({mm['revised, prompt positions']['refusal']} of 40 held-out MM-SafetyBench TYPO answers, against "
+            f"{mm['revised, all positions']['empty_or_degenerate']} of 40 loops on every position") in concepts
