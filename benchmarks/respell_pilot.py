@@ -48,6 +48,8 @@ def norm(text: str) -> str:
 def breakdown(rows: list[dict[str, str]]) -> dict[str, dict[str, int]]:
     """Each image cell's answers by whether the copy line and the plain-words line match the shown text, and
     how many of those with both right the judge called on topic: where the answers fail."""
+    from lensiar.judges import ON_TOPIC
+
     out = {}
     for cell in IMAGE_CELLS:
         counts = collections.Counter()
@@ -59,7 +61,7 @@ def breakdown(rows: list[dict[str, str]]) -> dict[str, dict[str, int]]:
             counts["copy_right"] += copy
             counts["plain_right"] += plain
             counts["both_right"] += copy and plain
-            counts["both_right_on_topic"] += copy and plain and r["outcome"] == "on_topic_compliance"
+            counts["both_right_on_topic"] += copy and plain and r["outcome"] == ON_TOPIC
         out[cell] = dict(counts)
     return out
 

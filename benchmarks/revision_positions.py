@@ -26,7 +26,6 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-OUTCOMES = ("refusal", "on_topic_compliance", "off_topic", "empty_or_degenerate")
 
 
 def main() -> None:
@@ -56,12 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         records = run([Condition("unrevised", lens), *conditions], held, Path(tmp) / "answers.jsonl", judge=judge,
                       max_new_tokens=args.tokens, batch_size=demo.EVAL_BATCH)
-    held_rows = []
-    for d in held:
-        for c in ("unrevised", *(c.name for c in conditions)):
-            counts = collections.Counter(r["outcome"] for r in records if r["dataset"] == d.name and r["condition"] == c)
-            held_rows.append({"dataset": d.name, "condition": c, "n": sum(counts.values()),
-                              **{o: counts[o] for o in OUTCOMES}})
+    held_rows = outcome_rows(records, [d.name for d in held], ["unrevised", *(c.name for c in conditions)])
 
     grid = [demo.Candidate(m, "head", 4.0, 32, gated=True, threshold=t, positions="prompt")
             for m in ("mms", "probe") for t in (0.6, 0.7, 0.8, 0.9)]
@@ -80,8 +74,22 @@ def main() -> None:
     print(markdown(result))
 
 
+def outcome_rows(records: list[dict[str, Any]], datasets: list[str], conditions: list[str]) -> list[dict[str, Any]]:
+    """One row per (dataset, condition): n and the count of each judge outcome."""
+    from lensiar.judges import OUTCOMES
+
+    rows = []
+    for d in datasets:
+        for c in conditions:
+            counts = collections.Counter(r["outcome"] for r in records if r["dataset"] == d and r["condition"] == c)
+            rows.append({"dataset": d, "condition": c, "n": sum(counts.values()), **{o: counts[o] for o in OUTCOMES}})
+    return rows
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The two tables of a result."""
+    from lensiar.judges import OUTCOMES
+
     lines = [f"Held out ({result['held_out']['candidate']}), outcomes refusal / on topic / off topic / degenerate:", "",
              "| set | condition | outcomes |", "|---|---|---|"]
     lines += [f"| {r['dataset']} | {r['condition']} | {' / '.join(str(r[o]) for o in OUTCOMES)} (n={r['n']}) |"

@@ -400,6 +400,10 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     return {k: str(v) for k, v in paths.items()}
 
 
+POSITIONS_HELP = ("where the revision acts: all (prompt and every generated token) or prompt (the prompt only; the "
+                  "answer is generated unrevised from the revised prompt); default: the bundle's, else all")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lensiar.judges import JUDGE_NAMES
     from lensiar.revision import POSITIONS
@@ -520,9 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--alpha", type=_finite_float, default=None)
     ev.add_argument("--top-k", type=_positive_int, default=None)
     ev.add_argument("--gate", action="store_true")
-    ev.add_argument("--positions", choices=POSITIONS, default=None,
-                    help="where the revision acts: all (prompt and every generated token) or prompt (the prompt only; "
-                         "the answer is generated unrevised from the revised prompt); default: the bundle's, else all")
+    ev.add_argument("--positions", choices=POSITIONS, default=None, help=POSITIONS_HELP)
     ev.add_argument("--n", type=_positive_int, default=None, help="items per dataset (seeded subset)")
     ev.add_argument("--seed", type=_non_negative_int, default=0)
     ev.add_argument("--max-new-tokens", type=_positive_int, default=32)
@@ -559,9 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--alpha", type=_finite_float, default=None, help="default: the bundle's")
     rv.add_argument("--top-k", type=_positive_int, default=None, help="default: the bundle's")
     rv.add_argument("--gate", action="store_true", help="revise only what the bundle's gate flags")
-    rv.add_argument("--positions", choices=POSITIONS, default=None,
-                    help="where the revision acts: all (prompt and every generated token) or prompt (the prompt only; "
-                         "the answer is generated unrevised from the revised prompt); default: the bundle's, else all")
+    rv.add_argument("--positions", choices=POSITIONS, default=None, help=POSITIONS_HELP)
     rv.add_argument("--max-new-tokens", type=_positive_int, default=48)
     rv.set_defaults(func=cmd_revise)
 

@@ -418,7 +418,8 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
                                     positions=shown.positions))
         summary["chosen" if chosen is not None else "shown"] = {
             "method": shown.method, "level": shown.level, "alpha": shown.alpha, "top_k": shown.top_k,
-            "gated": shown.gated, "positions": shown.positions, "strategy": "modality", "gate_threshold": shown.threshold if shown.gated else None,
+            "gated": shown.gated, "positions": shown.positions, "strategy": "modality",
+            "gate_threshold": shown.threshold if shown.gated else None,
             "admissible": chosen is not None}
     for stale in ("results.jsonl", "results_smollm2.jsonl"):  # each demo run starts fresh: its choice may differ
         (out / stale).unlink(missing_ok=True)
@@ -473,6 +474,11 @@ def _fmt(cell: dict[str, Any] | None) -> str:
     return f"{cell['rate']:.0%} [{lo:.0%}, {hi:.0%}] (n={cell['n']})"
 
 
+def _positions_note(candidate: dict[str, Any]) -> str:
+    """``", prompt positions only"`` for a prompt-only candidate of the summary, else nothing."""
+    return f", {candidate['positions']} positions only" if candidate.get("positions", "all") != "all" else ""
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """The demo summary as markdown: the chosen revision and the before/after tables with intervals."""
     lines = ["# lensiar demo", "", f"judge: {summary['judge']}; greedy, {summary['max_new_tokens']} new tokens; "
@@ -486,15 +492,13 @@ def markdown(summary: dict[str, Any]) -> str:
                                              + (f", gated (threshold {chosen.get('gate_threshold')}"
                                                 + (", image prompts only)" if summary.get("gate", {}).get("images_only") else ")")
                                                 if chosen.get("gated") else "")
-                                             + (f", {chosen['positions']} positions only"
-                                                if chosen.get("positions", "all") != "all" else "") if chosen
+                                             + _positions_note(chosen) if chosen
                                              else "none admissible"))
     if shown := summary.get("shown"):
         lines.append(f"The revised rows show the candidate nearest to the rule, **not admissible** on validation: "
                      f"{shown['strategy']} / {shown['method']} / {shown['level']}, alpha {shown['alpha']:g}, top_k "
                      f"{shown['top_k']}" + (f", gated (threshold {shown['gate_threshold']})" if shown["gated"] else "")
-                     + (f", {shown['positions']} positions only" if shown.get("positions", "all") != "all" else "")
-                     + "; it is not stored.")
+                     + _positions_note(shown) + "; it is not stored.")
     lines += ["", "## Organism (held out)", "", "ASR = on-topic compliance with a harmful request; on topic = the same on "
               "a benign one (helpfulness); refusal = refusal in words; outcomes = refusal / on topic / off topic / "
               "empty or degenerate.", "",

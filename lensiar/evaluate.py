@@ -59,9 +59,11 @@ class Condition:
             gate = self.gate if isinstance(self.gate, Gate) else None
             parts += [f"alpha={self.alpha}", f"top_k={self.top_k}",
                       f"gate={gate.layer}@{gate.threshold:g}" if gate else f"gate={bool(self.gate)}"]
-            where = {self.positions or b.defaults.get("positions", "all") for b in self.bundles}
-            if where != {"all"}:  # left out for "all", so earlier results keep their signature
-                parts.append(f"positions={','.join(sorted(where))}")
+            from lensiar.revision import where
+
+            acts_on = {where(b, self.positions) for b in self.bundles}
+            if acts_on != {"all"}:  # left out for "all", so earlier results keep their signature
+                parts.append(f"positions={','.join(sorted(acts_on))}")
         return "|".join(parts)
 
     def active(self) -> contextlib.AbstractContextManager[Any]:

@@ -52,6 +52,11 @@ def continues_cache(kwargs: dict[str, Any]) -> bool:
     return False
 
 
+def where(bundle: RevisionBundle, positions: str | None) -> str:
+    """``positions``, or the bundle's default, else ``"all"`` (as :func:`strength` does for alpha)."""
+    return positions or bundle.defaults.get("positions", "all")
+
+
 def head_shifts(
     bundle: RevisionBundle, alpha: float, top_k: int | None = None, layers: list[int] | None = None
 ) -> dict[int, Float[Tensor, " n_heads_x_d_head"]]:
@@ -96,7 +101,7 @@ class Revision:
     def add(self, x: Tensor, shift: Tensor) -> Tensor:
         """``x + shift`` (gated rows only, if a gate is set), in ``x``'s device and dtype; ``x`` itself in a
         generation step of a prompt-only revision."""
-        if self.positions == "prompt" and self.generating:
+        if self.generating:  # set only by a prompt-only revision's pre-hook
             return x
         shift = shift.to(x.device, x.dtype)
         factor = self.scale(x)
@@ -217,8 +222,8 @@ def revise(
             if chosen_gate is not None:
                 _check_gate(chosen_gate, lens.spec.n_layers, lens.spec.d_model)
             make = head_shifts if bundle.level == "head" else layer_shifts
-            where = positions or bundle.defaults.get("positions", "all")
-            revision = Revision(bundle.level, make(bundle, a, top_k, layers), chosen_gate, positions=where)
+            revision = Revision(bundle.level, make(bundle, a, top_k, layers), chosen_gate,
+                                positions=where(bundle, positions))
             revisions.append(revision)
             _attach(lens, revision)
         lens._revisions.extend(revisions)
