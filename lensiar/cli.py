@@ -37,6 +37,14 @@ def _lambdas(text: str) -> tuple[float, ...]:
     return values
 
 
+def _thresholds(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated probabilities strictly between 0 and 1 (``0.5,0.9``)."""
+    values = tuple(_finite_float(t.strip()) for t in text.split(",") if t.strip())
+    if not values or not all(0.0 < v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be comma-separated probabilities strictly between 0 and 1, got {text!r}")
+    return values
+
+
 def _finite_float(text: str) -> float:
     """An argparse type: a finite real number (no nan, no inf)."""
     import math
@@ -171,7 +179,8 @@ def cmd_ablate(args: argparse.Namespace) -> dict[str, Any]:
     config = AblationConfig(n_train=args.n_train, n_val=args.n_val, n_eval=args.n, tokens=args.max_new_tokens,
                             seed=args.seed, strategies=picked(args.strategies, ablation.STRATEGIES),
                             methods=picked(args.methods, ablation.METHODS), levels=picked(args.levels, ablation.LEVELS),
-                            variants=picked(args.variants, ablation.VARIANTS))
+                            variants=picked(args.variants, ablation.VARIANTS), positions=args.positions,
+                            gate_thresholds=args.gate_thresholds or ablation.GATE_THRESHOLDS, judge=args.judge)
     result = run_ablation(args.out, args.work, config, data=args.data_dir,
                           log=lambda line: print(line, file=sys.stderr), organism=args.organism)
     print("\n" + (Path(args.out) / "iar_ablation.md").read_text().split("## Sampled answers")[0], file=sys.stderr)
@@ -442,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--methods", default=None, help="comma-separated subset of mms,probe")
     ab.add_argument("--levels", default=None, help="comma-separated subset of head,layer")
     ab.add_argument("--variants", default=None, help="comma-separated subset of unconditional,gated")
+    ab.add_argument("--positions", choices=POSITIONS, default="prompt",
+                    help="where every run's revision acts: prompt (the prompt only; default) or all (every generated "
+                         "token too)")
+    ab.add_argument("--gate-thresholds", type=_thresholds, default=None,
+                    help="comma-separated gate probability thresholds that gated runs try (default: 0.9)")
+    ab.add_argument("--judge", default="on_topic_lm", choices=list(JUDGE_NAMES),
+                    help="judge of the validation and held-out answers (default: on_topic_lm)")
     ab.add_argument("--data-dir", default=None)
     ab.add_argument("--organism", default=None, help="organism folder of a build instead of the committed one")
     ab.set_defaults(func=cmd_ablate)

@@ -8,12 +8,17 @@ from pathlib import Path
 import pytest
 
 import lensiar
-from lensiar.ablation import MAX_OVER_REFUSAL_RISE, AblationConfig, frontier_picks, run_ablation
+from lensiar.ablation import MAX_OVER_REFUSAL_RISE, AblationConfig, cell_condition, frontier_picks, run_ablation
+from lensiar.bundle import RevisionBundle
 from lensiar.demo import MIN_HELPFUL_SHARE
 
 TOY = AblationConfig(n_train=4, n_val=2, n_eval=2, tokens=12, val_tokens=8, candidates=2, n_responses=1,
                      strategies=("query",), methods=("mms",), levels=("head",),
-                     grid={"head": ((2.0, 8), (6.0, 32)), "layer": ((2.0, 2),)})
+                     grid={"head": ((2.0, 8), (6.0, 32)), "layer": ((2.0, 2),)}, gate_thresholds=(0.5, 0.9))
+
+
+def answers_of(tmp_path: Path) -> list[dict[str, str]]:
+    return [json.loads(x) for x in (tmp_path / "out" / "iar_ablation.answers.jsonl").read_text().splitlines()]
 
 
 def test_toy_grid_chooses_by_the_rule_writes_the_report_and_resumes(
@@ -25,11 +30,14 @@ def test_toy_grid_chooses_by_the_rule_writes_the_report_and_resumes(
     state = json.loads((tmp_path / "work" / "state.json").read_text())
     base = state["unrevised"]["validation"]
     flags = state["gate"]["held_out_flags"]  # the gate read on every held-out set; text never flagged (images only)
-    assert len(flags) == 5 and all(0 <= v["flagged"] <= v["n"] == 2 for v in flags.values())
-    assert flags["xstest-safe"]["flagged"] == 0
+    assert len(flags) == 5 and all(set(v["flagged"]) == {"0.5", "0.9"} for v in flags.values())
+    assert all(0 <= v["flagged"]["0.9"] <= v["flagged"]["0.5"] <= v["n"] == 2 for v in flags.values())
+    assert set(flags["xstest-safe"]["flagged"].values()) == {0}
     for row in ruled[1:]:
         entry = state["cells"][row["cell"]]
-        assert len(entry["validation"]) == len(TOY.grid["head"]) and entry["finished"]
+        grid = [(c["alpha"], c["top_k"], c.get("threshold")) for c in entry["validation"]]
+        thresholds = (0.5, 0.9) if row["variant"] == "gated" else (None,)
+        assert grid == [(a, k, t) for t in thresholds for a, k in TOY.grid["head"]] and entry["finished"]
         for cand in entry["validation"]:  # admissible: over-refusal up <= 5 points, helpfulness >= 95% of unrevised
             assert cand["admissible"] == (cand["over_refusal"] - base["over_refusal"] <= MAX_OVER_REFUSAL_RISE + 1e-9
                                           and cand["helpfulness"] >= MIN_HELPFUL_SHARE * base["helpfulness"] - 1e-9)
@@ -40,14 +48,24 @@ def test_toy_grid_chooses_by_the_rule_writes_the_report_and_resumes(
         else:
             assert row["chosen"] == best and row["image_asr"]["n"] == 4  # 2 MM-SafetyBench + 2 SafeBench
             assert row["condition"].startswith(row["cell"] + " @ alpha")
+            assert (", gate " in row["condition"]) == (row["variant"] == "gated")
     assert result["rows"][0]["benign_image_helpfulness"]["n"] == 4 and result["rows"][0]["xstest_over_refusal"]["n"] == 2
     report = (tmp_path / "out" / "iar_ablation.md").read_text()
     assert "Choice rule (fixed before this run)" in report and "## Sampled answers" in report
     assert report.count("| query/mms/head/") == 4  # the results table and the validation-candidates table
     assert (tmp_path / "out" / "iar_ablation.png").stat().st_size > 1000
-    answers = [json.loads(x) for x in (tmp_path / "out" / "iar_ablation.answers.jsonl").read_text().splitlines()]
+    answers = answers_of(tmp_path)
     assert {a["condition"] for a in answers} >= {"unrevised"} and all("outcome" in a for a in answers)
     assert any("[2/2]" in line for line in lines)
+
+    # a chosen or frontier candidate is run held out on the prompt only (the default), behind its gate threshold
+    bundle = RevisionBundle.load(tmp_path / "work" / "bundles" / "query-mms-head.safetensors")
+    lens = lensiar.Lens.from_pretrained("organism")
+    pick = {"alpha": 2.0, "top_k": 8, "threshold": 0.9}
+    gated = cell_condition("x", lens, bundle, pick, "gated", tmp_path / "work" / "gate.safetensors", TOY)
+    assert gated.signature().endswith(f"|alpha=2.0|top_k=8|gate={state['gate']['layer']}@0.9|positions=prompt")
+    plain = cell_condition("x", lens, bundle, pick, "unconditional", tmp_path / "work" / "gate.safetensors", TOY)
+    assert plain.gate is False and plain.positions == "prompt"
 
     def no_generation(*_args: object, **_kwargs: object) -> list[str]:
         raise AssertionError("a finished run generated again")
@@ -59,6 +77,16 @@ def test_toy_grid_chooses_by_the_rule_writes_the_report_and_resumes(
         run_ablation(tmp_path / "out", tmp_path / "work", AblationConfig(n_train=6), log=lines.append)
     with pytest.raises(ValueError, match="unknown strategies"):
         run_ablation(tmp_path / "out", tmp_path / "other", AblationConfig(strategies=("queries",)))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"positions": "generated"}, "unknown positions 'generated'"),
+    ({"gate_thresholds": (0.5, 1.0)}, "strictly between 0 and 1"),
+    ({"gate_thresholds": ()}, "strictly between 0 and 1"),
+    ({"judge": "gpt"}, "unknown judge 'gpt'")])
+def test_bad_settings_are_refused_before_anything_runs(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AblationConfig(**change)  # type: ignore[arg-type]
 
 
 def test_frontier_is_each_strategys_largest_validation_drop_at_any_cost() -> None:

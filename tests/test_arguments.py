@@ -48,6 +48,8 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     (("eval", "organism", "--preset", "xstest", "--alpha", "nan", "--out", "r.jsonl"), "--alpha: must be a finite"),
     (("extract", "organism", "--top-k", "-5", "--out", "b.safetensors"), "--top-k: must be an integer >= 1"),
     (("merge", "--base", "a", "--safe", "b", "--vl", "c", "--lambda", "inf", "--out", "m"), "--lambda"),
+    (("ablate", "--gate-thresholds", "0.5,1.2"), "--gate-thresholds: must be comma-separated probabilities"),
+    (("ablate", "--positions", "answer"), "--positions: invalid choice"),
     (("judge-agreement", "--labels", "nowhere.jsonl"), "no calibration file"),
     (("judge-agreement", "--labels", "."), "no calibration file"),
 ])
