@@ -60,7 +60,8 @@ def test_readme_ablation_table_quotes_the_committed_results() -> None:
     for r in ruled:
         if r["chosen"] is not None:
             name = " / ".join(r["cell"].split("/"))
-            assert (f"| {name}, alpha {r['chosen']['alpha']:g}, top {r['chosen']['top_k']} | {pct(r['image_asr'])} | "
+            gate = f", gate {r['chosen']['threshold']:g}" if r["chosen"].get("threshold") is not None else ""
+            assert (f"| {name}, alpha {r['chosen']['alpha']:g}, top {r['chosen']['top_k']}{gate} | {pct(r['image_asr'])} | "
                     f"{pct(r['benign_image_helpfulness'])} ({100 * r['helpfulness_share']:.0f}% of unrevised) | "
                     f"{100 * r['over_refusal_rise']:+.0f} |") in section
     frontier = [r for r in result["rows"] if r.get("frontier")]
