@@ -371,8 +371,9 @@ def run_ablation(out: str | Path = "docs/results", work: str | Path = "reports/a
         _atomic_json(state_path, state)
     base = state["unrevised"]["validation"]
     if gate_path.is_file() and "held_out_flags" not in state.get("gate", {}):
+        # the probe's own threshold 0.5 beside the run's: what the thresholds trade, on held-out prompts
         state.setdefault("gate", {})["held_out_flags"] = gate_flags(lens, _load_gate(gate_path), held,
-                                                                    config.gate_thresholds)
+                                                                    sorted({0.5, *config.gate_thresholds}))
         _atomic_json(state_path, state)
     run([Condition("unrevised", lens)], held, answers, judge=judge, max_new_tokens=config.tokens, batch_size=16)
     cells = config.cells()
