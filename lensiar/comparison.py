@@ -39,6 +39,7 @@ from lensiar.ablation import (
     _metrics,
     _pct,
     held_out_sets,
+    organism_identity,
     sampled_answers_markdown,
 )
 
@@ -228,12 +229,16 @@ def _text_asr(summary: Sequence[dict[str, Any]], condition: str) -> dict[str, An
     return {"rate": round(cells[0]["rate"], 4), "n": cells[0]["n"]} if cells else None
 
 
-def best_iar_row(path: Path) -> dict[str, Any] | None:
+def best_iar_row(path: Path, organism: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The ablation's best held-out run under its rule: the chosen (non-frontier) cell with the lowest pooled image
-    ASR, ties broken by higher benign helpfulness."""
+    ASR, ties broken by higher benign helpfulness. None where ``path`` names another organism than ``organism``
+    (:func:`lensiar.ablation.organism_identity`): its row would not be V revised."""
     if not path.is_file():
         return None
-    rows = [r for r in json.loads(path.read_text())["rows"]
+    result = json.loads(path.read_text())
+    if organism is not None and result.get("organism") not in (None, organism):
+        return None
+    rows = [r for r in result["rows"]
             if r["cell"] != "unrevised" and not r.get("frontier") and r.get("image_asr")]
     if not rows:
         return None
@@ -340,7 +345,8 @@ def write_results(out: Path, state: dict[str, Any], answers: Path, config: Compa
                       "definition": setting.describe(), "seconds": entry["seconds"],
                       **_metrics(summary, setting.name), "text_asr": _text_asr(summary, setting.name),
                       "image_refused": _refused(records, setting.name)})
-    iar = best_iar_row(ablation)
+    organism = organism_identity()
+    iar = best_iar_row(ablation, organism)
     iar_answers = ablation.with_name("iar_ablation.answers.jsonl")
     if iar is not None:
         table.append({"setting": f"IAR: {iar['cell']}", "kind": "revision", "lambda": None, "layers": None,
@@ -352,7 +358,7 @@ def write_results(out: Path, state: dict[str, Any], answers: Path, config: Compa
                       "image_refused": _refused(read_results(iar_answers), iar["condition"])
                       if iar_answers.is_file() else None})
     result = {"model": "organism (lensiar, committed recipe) and its variants (lensiar/organism/weights/variants)",
-              "judge": state.get("judge"), "seed": config.seed, "config": state["config"], "decoding": "greedy",
+              "organism": organism, "judge": state.get("judge"), "seed": config.seed, "config": state["config"], "decoding": "greedy",
               "sets": {"harmful images": list(IMAGE_HARMFUL), "benign images": list(IMAGE_BENIGN), "text": XSTEST},
               "layers": state.get("layers"), "rows": table, "findings": findings(table),
               "sampled_answers": _sampled_answers(records, [r["setting"] for r in table if r["kind"] != "revision"],

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from lensiar.ablation import AblationConfig, _Split, held_out_sets
-from lensiar.comparison import CompareConfig, dominates, findings, over_refusal, settings
+from lensiar.comparison import CompareConfig, best_iar_row, dominates, findings, over_refusal, settings
 from lensiar.data_sources import data_dir
 from lensiar.organism.files import ManifestError
 from lensiar.organism.safety import VARIANTS_DIR, SafetyMix, load_variant, requests
@@ -122,8 +122,12 @@ def test_the_committed_comparison_agrees_with_its_own_rows() -> None:
     for name in names:
         if not name.startswith("IAR:"):  # sampled answers for every generated row
             assert result["sampled_answers"][name]
-    # V is the ablation's unrevised model on the same sets, judge, seed and budget: its row must be the same
+    # V is the ablation's unrevised model on the same sets, judge, seed and budget: its row must be the same,
+    # where both measured the same organism (results before recipe v30's ablation name none)
     ablation = json.loads((RESULTS.parent / "iar_ablation.json").read_text())
+    if result.get("organism") != ablation.get("organism"):
+        pytest.skip(f"the committed comparison measured organism {result.get('organism') or 'v29 (unnamed)'}, the "
+                    f"ablation {ablation.get('organism')}: rerun `lensiar compare` to compare them")
     unrevised = next(r for r in ablation["rows"] if r["cell"] == "unrevised")
     v = result["rows"][names.index("V")]
     for key in ("image_asr", "benign_image_helpfulness", "xstest_over_refusal", "benign_image_over_refusal"):
@@ -178,3 +182,16 @@ def test_a_quick_variant_build_writes_a_verified_delta_and_its_environment(tmp_p
     assert info["environments"]["P_safe"]["packages"] == build_environment()["packages"]
     again = build_variants(tmp_path, quick=True, which=("P_safe",), log=lambda _: None)  # finished: skipped
     assert again["files"] == info["files"] and again["seconds"] == info["seconds"]
+
+
+def test_the_iar_row_comes_only_from_an_ablation_of_the_same_organism(tmp_path: Path) -> None:
+    row = {"cell": "modality/mms/head/gated", "image_asr": {"rate": 0.1, "n": 32},
+           "benign_image_helpfulness": {"rate": 0.5, "n": 32}}
+    worse = {**row, "cell": "query/mms/head/gated", "image_asr": {"rate": 0.2, "n": 32}}
+    path = tmp_path / "iar_ablation.json"
+    mine = {"recipe": 30, "stage_v_sha256": "fd7633dfae01"}
+    path.write_text(json.dumps({"organism": mine, "rows": [{"cell": "unrevised"}, worse, row]}))
+    assert best_iar_row(path, mine) == row
+    assert best_iar_row(path, {"recipe": 29, "stage_v_sha256": "0123456789ab"}) is None
+    path.write_text(json.dumps({"rows": [row]}))  # results from before organisms were named
+    assert best_iar_row(path, mine) == row
