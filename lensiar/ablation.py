@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -165,11 +163,11 @@ def cell_name(cell: Sequence[str]) -> str:
 
 
 def _atomic_json(path: Path, value: Any) -> None:
+    from lensiar.organism.files import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(value, fh, indent=1)
-    os.replace(tmp, path)
+    text = json.dumps(value, indent=1)  # serialised before the file is touched
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _save_gate(gate: Gate, path: Path) -> None:

@@ -29,7 +29,9 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills a temporary file beside it, made readable by all
+    (0644), which then replaces ``path``; on an error the temporary file is removed and ``path`` is untouched."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -46,14 +48,14 @@ def save_deltas(out: Path, groups: dict[str, dict[str, Tensor]]) -> dict[str, di
     info: dict[str, dict[str, Any]] = {}
     for name, tensors in groups.items():
         path = out / f"{name}.safetensors"
-        _atomic_write(path, lambda tmp, t=tensors: save_file({k: v.contiguous() for k, v in t.items()}, tmp))
+        atomic_write(path, lambda tmp, t=tensors: save_file({k: v.contiguous() for k, v in t.items()}, tmp))
         info[name] = {"file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size, "tensors": len(tensors)}
     return info
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(text))
 
 
 def read_verified(folder: Path = WEIGHTS) -> tuple[dict[str, Any], dict[str, dict[str, Tensor]]]:
