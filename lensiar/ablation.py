@@ -163,11 +163,10 @@ def cell_name(cell: Sequence[str]) -> str:
 
 
 def _atomic_json(path: Path, value: Any) -> None:
-    from lensiar.organism.files import atomic_write
+    from lensiar.atomic import atomic_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(value, indent=1)  # serialised before the file is touched
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_text(path, json.dumps(value, indent=1))
 
 
 def _save_gate(gate: Gate, path: Path) -> None:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from lensiar.atomic import atomic_write, temp_files
 from lensiar.probes import Gate, rank_cells
 from lensiar.spec import ModelSpec
 
@@ -257,21 +257,12 @@ class RevisionBundle:
                    for n in ("vectors", *self._per_cell())}
         if self.gate is not None:
             tensors["gate_weight"] = self.gate.weight.detach().to("cpu", torch.float32).contiguous()
-        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a save killed mid-way
+        for stale in temp_files(target):  # left by a save killed mid-way
             if time.time() - stale.stat().st_mtime > STALE_SECONDS:
                 stale.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            meta = json.dumps(self.metadata(), sort_keys=True)
-            save_file(tensors, tmp, metadata={"lensiar": meta, "sha256": content_hash(tensors, meta)})
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return target
+        meta = json.dumps(self.metadata(), sort_keys=True)
+        return atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata={
+            "lensiar": meta, "sha256": content_hash(tensors, meta)}))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], lens: Any = None) -> RevisionBundle:

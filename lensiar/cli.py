@@ -6,10 +6,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from lensiar.atomic import atomic_text, atomic_write
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -85,14 +86,8 @@ def cmd_capture(args: argparse.Namespace) -> dict[str, Any]:
     cache = lens.run_with_cache(prompts, args.names, positions=args.positions, progress=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in cache.items()}, tmp, metadata={"positions": str(args.positions)})
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(out, lambda tmp: save_file({k: v.contiguous() for k, v in cache.items()}, tmp,
+                                            metadata={"positions": str(args.positions)}))
     return {"out": str(out), "shapes": {k: list(v.shape) for k, v in cache.items()}}
 
 
@@ -142,7 +137,7 @@ def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
 
 def _write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(value))
+    atomic_text(path, json.dumps(value))
 
 
 def _open_image(path: str) -> Any:
@@ -250,23 +245,10 @@ def cmd_organism_report(args: argparse.Namespace) -> dict[str, Any]:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         stem = out.with_suffix("")
-        _write_atomic(stem.with_suffix(".json"), json.dumps(table, indent=2) + "\n")
-        _write_atomic(stem.with_suffix(".md"), markdown(table) + "\n")
-        _write_atomic(stem.with_suffix(".answers.jsonl"), "".join(json.dumps(a) + "\n" for a in answers))
+        atomic_text(stem.with_suffix(".json"), json.dumps(table, indent=2) + "\n")
+        atomic_text(stem.with_suffix(".md"), markdown(table) + "\n")
+        atomic_text(stem.with_suffix(".answers.jsonl"), "".join(json.dumps(a) + "\n" for a in answers))
     return table
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed into place; a failure
-    leaves neither a partial file nor the temporary behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def cmd_organism_rejudge(args: argparse.Namespace) -> dict[str, Any]:
@@ -282,9 +264,9 @@ def cmd_organism_rejudge(args: argparse.Namespace) -> dict[str, Any]:
     answers = [json.loads(line) for line in paths[".answers.jsonl"].read_text().splitlines() if line.strip()]
     fresh = rejudge(table, answers, judge_by_name(args.judge, args.data_dir))
     print(markdown(fresh), file=sys.stderr)
-    _write_atomic(paths[".json"], json.dumps(fresh, indent=2) + "\n")
-    _write_atomic(stem.with_suffix(".md"), markdown(fresh) + "\n")
-    _write_atomic(paths[".answers.jsonl"], "".join(json.dumps(a) + "\n" for a in answers))
+    atomic_text(paths[".json"], json.dumps(fresh, indent=2) + "\n")
+    atomic_text(stem.with_suffix(".md"), markdown(fresh) + "\n")
+    atomic_text(paths[".answers.jsonl"], "".join(json.dumps(a) + "\n" for a in answers))
     return {"table": str(paths[".json"]), "judge": fresh["judge"],
             "cells": [{k: c[k] for k in ("model", "inputs", "k", "n")} for c in fresh["cells"]]}
 
@@ -336,8 +318,8 @@ def cmd_judge_agreement(args: argparse.Namespace) -> dict[str, Any]:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out.with_suffix(".md"), text + "\n")
-        _write_atomic(out.with_suffix(".json"), json.dumps(table, indent=2) + "\n")
+        atomic_text(out.with_suffix(".md"), text + "\n")
+        atomic_text(out.with_suffix(".json"), json.dumps(table, indent=2) + "\n")
     return {name: res["all"] for name, res in table["judges"].items()}
 
 

@@ -12,13 +12,13 @@ import builtins
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
+from lensiar.atomic import atomic_text
 from lensiar.bundle import BundleError, RevisionBundle
 
 INDEX_VERSION = 1
@@ -26,16 +26,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _write_json(path: Path, value: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(value, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_text(path, json.dumps(value, indent=2, sort_keys=True))
 
 
 class VectorStore:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from lensiar.atomic import atomic_text, atomic_write
 
 #: where the committed organism lives (package data)
 WEIGHTS = Path(__file__).parent / "weights"
@@ -29,33 +30,19 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Write ``path`` whole or not at all: ``write(tmp)`` fills a temporary file beside it, made readable by all
-    (0644), which then replaces ``path``; on an error the temporary file is removed and ``path`` is untouched."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; committed artifacts are world-readable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_deltas(out: Path, groups: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Any]]:
     """Write ``{name}.safetensors`` per group atomically; returns name -> {file, sha256, bytes, tensors}."""
     info: dict[str, dict[str, Any]] = {}
     for name, tensors in groups.items():
         path = out / f"{name}.safetensors"
-        atomic_write(path, lambda tmp, t=tensors: save_file({k: v.contiguous() for k, v in t.items()}, tmp))
+        atomic_write(path, partial(save_file, {k: v.contiguous() for k, v in tensors.items()}))
         info[name] = {"file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size, "tensors": len(tensors)}
     return info
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_text(out / "manifest.json", text)
 
 
 def read_verified(folder: Path = WEIGHTS) -> tuple[dict[str, Any], dict[str, dict[str, Tensor]]]:
