@@ -23,13 +23,15 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from lensiar.bundle import RevisionBundle
+from lensiar.atomic import atomic_text, atomic_write
+from lensiar.bundle import POSITIONS_MEANING, RevisionBundle
 from lensiar.data_sources import Record, load_source
 from lensiar.datasets import Dataset, load_preset
 from lensiar.demo import MIN_HELPFUL_SHARE, Asked, _image_sets, _rates, gate_prompts
@@ -69,8 +71,6 @@ CANDIDATES: dict[str, tuple[tuple[float, int], ...]] = {
 #: own 0.5 flagged 11 of 16 benign TYPO images held out in the first full run; ``--gate-thresholds 0.5,0.9``
 #: tries both at twice the gated cost
 GATE_THRESHOLDS = (0.9,)
-POSITIONS_MEANING = {"all": "every position, generated tokens included",
-                     "prompt": "the prompt only (generated tokens unrevised)"}
 IMAGE_HARMFUL = ("mm_safetybench-typo", "safebench-figstep-rendered")
 IMAGE_BENIGN = ("alpaca-typo", "alpaca-figstep")
 XSTEST = "xstest-safe"
@@ -135,20 +135,17 @@ def _settings(candidate: dict[str, Any]) -> str:
     return f"alpha {candidate['alpha']:g}, top_k {candidate['top_k']}{gate}"
 
 
-def cell_condition(label: str, lens: Lens, bundle: RevisionBundle, candidate: dict[str, Any], variant: str,
-                   gate_path: Path, config: AblationConfig) -> Condition:
-    """The held-out condition of a cell's candidate: its bundle at the candidate's alpha, top_k and gate threshold,
-    on the run's positions."""
-    return Condition(label, lens, (bundle,), candidate["alpha"], candidate["top_k"],
-                     _cell_gate(gate_path, variant, candidate), positions=config.positions)
-
-
-def _cell_gate(gate_path: Path, variant: str, candidate: dict[str, Any]) -> Gate | bool:
-    """The gate a candidate of a cell revises under: none when unconditional, else the run's gate at the
-    candidate's threshold."""
-    if variant != "gated":
-        return False
-    return dataclasses.replace(_load_gate(gate_path), threshold=candidate["threshold"])
+def cell_condition(label: str, lens: Lens, bundle: RevisionBundle, candidate: dict[str, Any], gate: Gate | None,
+                   positions: str) -> Condition:
+    """A cell's candidate as a condition: its bundle at the candidate's alpha and top_k on ``positions``, behind
+    the run's ``gate`` at the candidate's threshold if it has one (gated cells' candidates do)."""
+    revise_under: Gate | bool = False
+    if (threshold := candidate.get("threshold")) is not None:
+        if gate is None:
+            raise ValueError(f"candidate {_settings(candidate)} is gated, but the run has no gate")
+        revise_under = dataclasses.replace(gate, threshold=threshold)
+    return Condition(label, lens, (bundle,), candidate["alpha"], candidate["top_k"], revise_under,
+                     positions=positions)
 
 
 def is_admissible(rates: dict[str, float], base: dict[str, float]) -> bool:
@@ -163,8 +160,6 @@ def cell_name(cell: Sequence[str]) -> str:
 
 
 def _atomic_json(path: Path, value: Any) -> None:
-    from lensiar.atomic import atomic_text
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_text(path, json.dumps(value, indent=1))
 
@@ -172,7 +167,7 @@ def _atomic_json(path: Path, value: Any) -> None:
 def _save_gate(gate: Gate, path: Path) -> None:
     meta = {"layer": str(gate.layer), "bias": repr(gate.bias), "threshold": repr(gate.threshold),
             "images_only": str(gate.images_only)}
-    save_file({"weight": gate.weight.contiguous()}, str(path), metadata=meta)
+    atomic_write(path, partial(save_file, {"weight": gate.weight.contiguous()}, metadata=meta))
 
 
 def _load_gate(path: Path) -> Gate:
@@ -369,6 +364,7 @@ def run_ablation(out: str | Path = "docs/results", work: str | Path = "reports/a
         _save_gate(made, gate_path)
         state["gate"] = {"layer": made.layer, "images_only": True, "n_per_side": len(gate_h)}
         _atomic_json(state_path, state)
+    run_gate = _load_gate(gate_path) if gate_path.is_file() else None
 
     # ------------------------------------------------------------------ validation and held-out runs, per cell
     held = held_out_sets(root, config)
@@ -377,9 +373,9 @@ def run_ablation(out: str | Path = "docs/results", work: str | Path = "reports/a
         state["unrevised"] = {"validation": _rates(lens, split.val_harmful, split.val_benign, judge, config.val_tokens)}
         _atomic_json(state_path, state)
     base = state["unrevised"]["validation"]
-    if gate_path.is_file() and "held_out_flags" not in state.get("gate", {}):
+    if run_gate is not None and "held_out_flags" not in state.get("gate", {}):
         # the probe's own threshold 0.5 beside the run's: what the thresholds trade, on held-out prompts
-        state.setdefault("gate", {})["held_out_flags"] = gate_flags(lens, _load_gate(gate_path), held,
+        state.setdefault("gate", {})["held_out_flags"] = gate_flags(lens, run_gate, held,
                                                                     sorted({0.5, *config.gate_thresholds}))
         _atomic_json(state_path, state)
     run([Condition("unrevised", lens)], held, answers, judge=judge, max_new_tokens=config.tokens, batch_size=16)
@@ -394,8 +390,7 @@ def run_ablation(out: str | Path = "docs/results", work: str | Path = "reports/a
         t0 = time.perf_counter()
         rows = done.get("validation", [])
         for cand in config.cell_grid(level, variant)[len(rows):]:
-            with lens.revise(bundle, alpha=cand["alpha"], top_k=cand["top_k"],
-                             gate=_cell_gate(gate_path, variant, cand), positions=config.positions):
+            with cell_condition(name, lens, bundle, cand, run_gate, config.positions).active():
                 rates = _rates(lens, split.val_harmful, split.val_benign, judge, config.val_tokens)
             rows.append({**cand, **rates, "admissible": is_admissible(rates, base)})
             state["cells"][name] = {"validation": rows, "seconds": done.get("seconds", 0.0) + time.perf_counter() - t0}
@@ -405,7 +400,7 @@ def run_ablation(out: str | Path = "docs/results", work: str | Path = "reports/a
         if chosen is not None and base["asr"] - chosen["asr"] <= 0:
             chosen = None  # revising without a validation gain is not a choice
         if chosen is not None:
-            condition = cell_condition(condition_label(name, chosen), lens, bundle, chosen, variant, gate_path, config)
+            condition = cell_condition(condition_label(name, chosen), lens, bundle, chosen, run_gate, config.positions)
             run([condition], held, answers, judge=judge, max_new_tokens=config.tokens, batch_size=16)
         seconds = done.get("seconds", 0.0) + time.perf_counter() - t0
         state["cells"][name] = {"validation": rows, "chosen": chosen, "seconds": round(seconds, 1), "finished": True}
@@ -417,9 +412,9 @@ def run_ablation(out: str | Path = "docs/results", work: str | Path = "reports/a
     for strategy, pick in frontier_picks(state, config).items():
         if state.setdefault("frontier", {}).get(strategy) == pick:
             continue
-        strategy_, method, level, variant = pick["cell"].split("/")
-        condition = cell_condition(frontier_label(pick), lens, bundles[(strategy_, method, level)], pick, variant,
-                                   gate_path, config)
+        strategy_, method, level, _variant = pick["cell"].split("/")
+        condition = cell_condition(frontier_label(pick), lens, bundles[(strategy_, method, level)], pick, run_gate,
+                                   config.positions)
         run([condition], held, answers, judge=judge, max_new_tokens=config.tokens, batch_size=16)
         state["frontier"][strategy] = pick
         _atomic_json(state_path, state)
@@ -494,7 +489,7 @@ def write_results(out: Path, state: dict[str, Any], answers: Path, config: Ablat
               "rows": table, "sampled_answers": samples, "comparison": compare(table)}
     out.mkdir(parents=True, exist_ok=True)
     _atomic_json(out / "iar_ablation.json", result)
-    (out / "iar_ablation.md").write_text(markdown(result) + "\n")
+    atomic_text(out / "iar_ablation.md", markdown(result) + "\n")
     plot(table, out / "iar_ablation.png")
     return result
 
@@ -583,8 +578,7 @@ def markdown(result: dict[str, Any]) -> str:
     flags = (result.get("gate") or {}).get("held_out_flags")
     if flags:
         def flagged(v: dict[str, Any]) -> str:
-            counts = v["flagged"] if isinstance(v["flagged"], dict) else {"0.5": v["flagged"]}
-            return ", ".join(f"{k}/{v['n']} at {t}" for t, k in counts.items())
+            return ", ".join(f"{k}/{v['n']} at {t}" for t, k in v["flagged"].items())
 
         lines += ["", f"The gate (ours; residual after layer {result['gate']['layer']}, last prompt token) flags, held "
                   "out: " + "; ".join(f"{name} {flagged(v)} ({'harmful' if v['harmful'] else 'benign'})"

@@ -1,5 +1,6 @@
-"""Whole-or-nothing file writes: every file lensiar writes (bundles, store indexes, results, organism deltas)
-goes through :func:`atomic_write`, so a crash or an error never leaves a partial file where a good one was."""
+"""Whole-or-nothing file writes, so that a crash or an error never leaves a partial file where a good one was:
+bundles, store indexes, ``lensiar capture`` files, the organism report and judge-agreement tables, the
+ablation's state, gate and results, organism deltas and manifests go through :func:`atomic_write`."""
 
 from __future__ import annotations
 

@@ -55,6 +55,9 @@ def content_hash(tensors: dict[str, Tensor], metadata: str = "") -> str:
 #: where a revision acts: every position of every forward pass ("all"), or only the forward passes that start a
 #: sequence ("prompt": generated tokens, which continue the KV cache, are left alone)
 POSITIONS = ("all", "prompt")
+#: each value of :data:`POSITIONS` in words, for reports
+POSITIONS_MEANING = {"all": "every position, generated tokens included",
+                     "prompt": "the prompt only (generated tokens unrevised)"}
 
 class BundleError(ValueError):
     """A bundle file or object that cannot be used; the message says why."""

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 import lensiar
-from lensiar.ablation import MAX_OVER_REFUSAL_RISE, AblationConfig, cell_condition, frontier_picks, run_ablation
+from lensiar.ablation import (
+    MAX_OVER_REFUSAL_RISE,
+    AblationConfig,
+    _load_gate,
+    cell_condition,
+    frontier_picks,
+    run_ablation,
+)
 from lensiar.bundle import RevisionBundle
 from lensiar.demo import MIN_HELPFUL_SHARE
 
@@ -61,11 +68,14 @@ def test_toy_grid_chooses_by_the_rule_writes_the_report_and_resumes(
     # a chosen or frontier candidate is run held out on the prompt only (the default), behind its gate threshold
     bundle = RevisionBundle.load(tmp_path / "work" / "bundles" / "query-mms-head.safetensors")
     lens = lensiar.Lens.from_pretrained("organism")
+    gate = _load_gate(tmp_path / "work" / "gate.safetensors")
     pick = {"alpha": 2.0, "top_k": 8, "threshold": 0.9}
-    gated = cell_condition("x", lens, bundle, pick, "gated", tmp_path / "work" / "gate.safetensors", TOY)
+    gated = cell_condition("x", lens, bundle, pick, gate, TOY.positions)
     assert gated.signature().endswith(f"|alpha=2.0|top_k=8|gate={state['gate']['layer']}@0.9|positions=prompt")
-    plain = cell_condition("x", lens, bundle, pick, "unconditional", tmp_path / "work" / "gate.safetensors", TOY)
+    plain = cell_condition("x", lens, bundle, {"alpha": 2.0, "top_k": 8}, gate, TOY.positions)
     assert plain.gate is False and plain.positions == "prompt"
+    with pytest.raises(ValueError, match="gated, but the run has no gate"):
+        cell_condition("x", lens, bundle, pick, None, TOY.positions)
 
     def no_generation(*_args: object, **_kwargs: object) -> list[str]:
         raise AssertionError("a finished run generated again")
