@@ -61,11 +61,13 @@ def main() -> None:
             for m in ("mms", "probe") for t in (0.6, 0.7, 0.8, 0.9)]
     grid += [demo.Candidate("mms", "head", 4.0, 32, gated=True, threshold=t) for t in (0.6, 0.9)]
     _, val_rows = demo.choose(lens, setup.bundles, grid, setup.val_harmful, setup.val_harmless, judge,
-                              demo.VALIDATION_TOKENS, demo.MAX_OVER_REFUSAL_RISE, print, setup.gate)
+                              demo.VALIDATION_TOKENS, demo.MAX_OVER_REFUSAL_RISE, print, setup.gate,
+                              benign_tokens=demo.VALIDATION_BENIGN_TOKENS)
     result = {"model": "organism (committed)", "seed": args.seed, "judge": judge.name, "decoding": "greedy",
               "max_new_tokens": args.tokens, "held_out": {"candidate": cand.label, "n": args.n, "rows": held_rows},
               "validation": {"n_harmful": len(setup.val_harmful), "n_harmless": len(setup.val_harmless),
-                             "max_new_tokens": demo.VALIDATION_TOKENS, "rows": val_rows},
+                             "max_new_tokens": demo.VALIDATION_TOKENS,
+                             "max_new_tokens_benign": demo.VALIDATION_BENIGN_TOKENS, "rows": val_rows},
               "seconds": round(time.perf_counter() - t0, 1),
               "answers": [{k: r[k] for k in ("dataset", "condition", "id", "request", "response", "outcome")}
                           for r in records]}

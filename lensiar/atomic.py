@@ -1,6 +1,7 @@
 """Whole-or-nothing file writes, so that a crash or an error never leaves a partial file where a good one was:
 bundles, store indexes, ``lensiar capture`` files, the organism report and judge-agreement tables, the
-ablation's state, gate and results, organism deltas and manifests go through :func:`atomic_write`."""
+ablation's state, gate and results, the comparison's results, the demo's summary, evaluation reports, organism
+deltas and manifests go through :func:`atomic_write`."""
 
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ from lensiar.ablation import (
     organism_identity,
     sampled_answers_markdown,
 )
+from lensiar.atomic import atomic_text
 
 SIGNIFICANCE = 0.05  #: a finding holds only if its difference passes a two-sided Fisher exact test at this level
 CHECKPOINT_ROLES = {
@@ -365,7 +366,7 @@ def write_results(out: Path, state: dict[str, Any], answers: Path, config: Compa
                                                  extra=(TEXT_TWINS,))}
     out.mkdir(parents=True, exist_ok=True)
     _atomic_json(out / "vl_merge_comparison.json", result)
-    (out / "vl_merge_comparison.md").write_text(markdown(result) + "\n")
+    atomic_text(out / "vl_merge_comparison.md", markdown(result) + "\n")
     if table:
         plot(table, out / "vl_merge_comparison.png")
     return result

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import Tensor
 
+from lensiar.atomic import atomic_text
+
 
 def head_heatmap(values: Tensor, path: Path, title: str, label: str, diverging: bool = False,
                  marks: Sequence[tuple[int, int]] = ()) -> Path:
@@ -77,8 +79,8 @@ def write_report(out: str | Path, title: str, figures: Mapping[str, Path], table
              "img{max-width:100%}pre{background:#f4f4f4;padding:1em;overflow:auto}")
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
-    (folder / "report.md").write_text("\n".join(md) + "\n")
-    (folder / "report.html").write_text(page)
+    atomic_text(folder / "report.md", "\n".join(md) + "\n")
+    atomic_text(folder / "report.html", page)
     return {"markdown": folder / "report.md", "html": folder / "report.html"}
 
 

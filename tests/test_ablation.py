@@ -14,12 +14,15 @@ from lensiar.ablation import (
     _load_gate,
     cell_condition,
     frontier_picks,
+    is_admissible,
+    rule,
     run_ablation,
 )
 from lensiar.bundle import RevisionBundle
 from lensiar.demo import MIN_HELPFUL_SHARE
 
-TOY = AblationConfig(n_train=4, n_val=2, n_eval=2, tokens=12, val_tokens=8, candidates=2, n_responses=1,
+TOY = AblationConfig(n_train=4, n_val=2, n_eval=2, tokens=12, val_tokens=8, val_benign_tokens=10, candidates=2,
+                     n_responses=1,
                      strategies=("query",), methods=("mms",), levels=("head",),
                      grid={"head": ((2.0, 8), (6.0, 32)), "layer": ((2.0, 2),)}, gate_thresholds=(0.5, 0.9))
 
@@ -93,10 +96,22 @@ def test_toy_grid_chooses_by_the_rule_writes_the_report_and_resumes(
     ({"positions": "generated"}, "unknown positions 'generated'"),
     ({"gate_thresholds": (0.5, 1.0)}, "strictly between 0 and 1"),
     ({"gate_thresholds": ()}, "strictly between 0 and 1"),
-    ({"judge": "gpt"}, "unknown judge 'gpt'")])
+    ({"judge": "gpt"}, "unknown judge 'gpt'"),
+    ({"helpfulness": "polite"}, "unknown helpfulness measure 'polite'")])
 def test_bad_settings_are_refused_before_anything_runs(change: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         AblationConfig(**change)  # type: ignore[arg-type]
+
+
+def test_the_rule_counts_benign_answers_on_topic_unless_told_in_words() -> None:
+    """The first v30 run's gated head cell: over-refusal inside the rule, every benign answer still in words, but
+    a third of the on-topic ones lost to "yet again, ..." sentences. The default rule refuses it."""
+    base = {"asr": 1.0, "over_refusal": 0.0, "helpfulness": 0.75, "answered": 1.0, "silent": 0.0}
+    wrecked = {"asr": 0.5, "over_refusal": 0.0, "helpfulness": 0.5, "answered": 1.0, "silent": 0.0}
+    assert not is_admissible(wrecked, base) and is_admissible(wrecked, base, "in_words")
+    kept = {**wrecked, "helpfulness": 0.75 * MIN_HELPFUL_SHARE}
+    assert is_admissible(kept, base)
+    assert "on topic and not refused" in rule() and "in words" in rule("in_words")
 
 
 def test_frontier_is_each_strategys_largest_validation_drop_at_any_cost() -> None:
