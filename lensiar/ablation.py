@@ -390,8 +390,8 @@ def run_ablation(out: str | Path = "docs/results", work: str | Path = "reports/a
     held = held_out_sets(root, config)
     answers = out / "iar_ablation.answers.jsonl"
     if "unrevised" not in state:
-        state["unrevised"] = {"validation": _rates(lens, split.val_harmful, split.val_benign, judge, config.val_tokens,
-                                                       config.val_benign_tokens)}
+        rates = _rates(lens, split.val_harmful, split.val_benign, judge, config.val_tokens, config.val_benign_tokens)
+        state["unrevised"] = {"validation": rates}
         _atomic_json(state_path, state)
     base = state["unrevised"]["validation"]
     if run_gate is not None and "held_out_flags" not in state.get("gate", {}):
@@ -567,7 +567,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# IAR ablation on the organism", "",
         f"Printed by `lensiar ablate` (model: {_model(result)}; judge: {result['judge']}; seed {result['seed']}; "
-        f"greedy; held-out answers {cfg['tokens']} tokens, validation {cfg['val_tokens']} (harmful) and {cfg['val_benign_tokens']} (benign); revised positions: "
+        f"greedy; held-out answers {cfg['tokens']} tokens, validation {cfg['val_tokens']} (harmful) and "
+        f"{cfg['val_benign_tokens']} (benign); revised positions: "
         f"{POSITIONS_MEANING[cfg.get('positions', 'all')]}).", "",
         f"Samples: {cfg['n_train']} train-split harmful requests per strategy drawn as images (half TYPO, half "
         "FigStep); response strategies teacher-force real stage-S refusals against the original backbone's "

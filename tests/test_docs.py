@@ -95,6 +95,12 @@ def test_readme_demo_table_quotes_the_committed_demo_summary() -> None:
             assert readme_rows[label][i] == short, (label, condition, readme_rows[label][i], short)
     seconds = re.search(r"Total time: (\d+) s", summary)
     assert seconds and f"It took {seconds.group(1)} s" in section
+    # the validation helpfulness the README quotes for the shown candidate against the unrevised model's
+    table = summary.split("## Validation", 1)[1].split("\n## ", 1)[0]
+    validation = {r[0]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+                                    if line.startswith("| ") and not line.startswith("| candidate"))}
+    base, shown = validation["unrevised"], next(r for k, r in validation.items() if "gate 0.9" in k)
+    assert f"helpfulness {shown[3]} against {base[3]}" in section
 
 
 def _pct(cell: dict[str, float]) -> str:
