@@ -10,9 +10,9 @@ on-topic ASR on MM-SafetyBench TYPO (scenarios 01-07) and SafeBench (FigStep sty
 helpfulness (Alpaca requests as TYPO and FigStep images, answered on topic), over-refusal on XSTest safe and on
 the benign images, and seconds per run.
 
-Everything a run makes is kept in a work folder (bundles, gate, validation rows, answers), so a killed run
-continues where it stopped; the results go to ``iar_ablation.md`` / ``.json`` / ``.png`` and the answers to
-``iar_ablation.answers.jsonl``.
+Everything a run makes is kept in a work folder (bundles, gate, validation rows and every validation answer in
+``validation_answers.jsonl``), so a killed run continues where it stopped; the results go to ``iar_ablation.md``
+/ ``.json`` / ``.png`` and the held-out answers to ``iar_ablation.answers.jsonl``.
 """
 
 from __future__ import annotations
@@ -177,6 +177,18 @@ def is_admissible(rates: dict[str, float], base: dict[str, float], helpfulness: 
 def cell_name(cell: Sequence[str]) -> str:
     """``multi_response/mms/head/gated``."""
     return "/".join(cell)
+
+
+#: every validation answer of a run, in its work folder: the rule's verdicts can be read, and a rule change that
+#: needs only a new judgement of them can be made without generating again
+VALIDATION_ANSWERS = "validation_answers.jsonl"
+
+
+def _keep_answers(work: Path, candidate: dict[str, Any], answers: Sequence[dict[str, str]]) -> None:
+    """Append a candidate's validation answers to the work folder's :data:`VALIDATION_ANSWERS` (before its rates
+    enter the state, so a run killed between the two writes a candidate's answers twice: read the last)."""
+    with open(work / VALIDATION_ANSWERS, "a", encoding="utf-8") as fh:
+        fh.writelines(json.dumps({**candidate, **a}) + "\n" for a in answers)
 
 
 def _atomic_json(path: Path, value: Any) -> None:
@@ -390,7 +402,10 @@ def run_ablation(out: str | Path = "docs/results", work: str | Path = "reports/a
     held = held_out_sets(root, config)
     answers = out / "iar_ablation.answers.jsonl"
     if "unrevised" not in state:
-        rates = _rates(lens, split.val_harmful, split.val_benign, judge, config.val_tokens, config.val_benign_tokens)
+        kept: list[dict[str, str]] = []
+        rates = _rates(lens, split.val_harmful, split.val_benign, judge, config.val_tokens, config.val_benign_tokens,
+                       kept)
+        _keep_answers(work, {"cell": "unrevised"}, kept)
         state["unrevised"] = {"validation": rates}
         _atomic_json(state_path, state)
     base = state["unrevised"]["validation"]
@@ -411,9 +426,11 @@ def run_ablation(out: str | Path = "docs/results", work: str | Path = "reports/a
         t0 = time.perf_counter()
         rows = done.get("validation", [])
         for cand in config.cell_grid(level, variant)[len(rows):]:
+            kept = []
             with cell_condition(name, lens, bundle, cand, run_gate, config.positions).active():
                 rates = _rates(lens, split.val_harmful, split.val_benign, judge, config.val_tokens,
-                               config.val_benign_tokens)
+                               config.val_benign_tokens, kept)
+            _keep_answers(work, {"cell": name, **cand}, kept)
             rows.append({**cand, **rates, "admissible": is_admissible(rates, base, config.helpfulness)})
             state["cells"][name] = {"validation": rows, "seconds": done.get("seconds", 0.0) + time.perf_counter() - t0}
             _atomic_json(state_path, state)

@@ -60,6 +60,19 @@ def test_toy_grid_chooses_by_the_rule_writes_the_report_and_resumes(
             assert row["condition"].startswith(row["cell"] + " @ alpha")
             assert (", gate " in row["condition"]) == (row["variant"] == "gated")
     assert result["rows"][0]["benign_image_helpfulness"]["n"] == 4 and result["rows"][0]["xstest_over_refusal"]["n"] == 2
+    # every validation answer is kept, and the rates are its outcomes' shares
+    kept = [json.loads(x) for x in (tmp_path / "work" / "validation_answers.jsonl").read_text().splitlines()]
+    sides = 2 * 2 * TOY.n_val  # harmful and benign, TYPO and FigStep
+    assert len(kept) == sides * (1 + sum(len(state["cells"][r["cell"]]["validation"]) for r in ruled[1:]))
+    unrevised_benign = [a for a in kept if a["cell"] == "unrevised" and a["side"] == "benign"]
+    assert sum(a["outcome"] == "on_topic_compliance" for a in unrevised_benign) / len(unrevised_benign) == \
+        base["helpfulness"]
+    for row in ruled[1:]:
+        for cand in state["cells"][row["cell"]]["validation"]:
+            mine = [a for a in kept if a["cell"] == row["cell"] and a["alpha"] == cand["alpha"]
+                    and a["top_k"] == cand["top_k"] and a.get("threshold") == cand.get("threshold")]
+            harmful = [a for a in mine if a["side"] == "harmful"]
+            assert len(mine) == sides and cand["asr"] == 1 - sum(a["outcome"] == "refusal" for a in harmful) / len(harmful)
     report = (tmp_path / "out" / "iar_ablation.md").read_text()
     assert "Choice rule (fixed before this run)" in report and "## Sampled answers" in report
     assert report.count("| query/mms/head/") == 4  # the results table and the validation-candidates table
