@@ -5,7 +5,7 @@ Samples are built on *image* prompts whose harmful content sits in the image (ha
 from train splits only; ``single_response`` / ``multi_response`` teacher-force real refusals (the stage-S
 backbone's) against real compliant answers (the original backbone's) after the image prompt
 (:mod:`lensiar.responses`). Each run's alpha and top_k are chosen on a validation split by one rule, fixed
-before any run (:data:`RULE`), then the choice is measured on held-out sets with the on-topic judge:
+before any run (:func:`rule`), then the choice is measured on held-out sets with the on-topic judge:
 on-topic ASR on MM-SafetyBench TYPO (scenarios 01-07) and SafeBench (FigStep style, rendered), benign image
 helpfulness (Alpaca requests as TYPO and FigStep images, answered on topic), over-refusal on XSTest safe and on
 the benign images, and seconds per run.
@@ -72,7 +72,6 @@ def rule(helpfulness: str = "on_topic") -> str:
             "model's; none admissible, or no drop: the cell keeps the unrevised model")
 
 
-RULE = rule()
 #: (alpha, top_k) candidates per level, from gentle to strong. The response strategies' vectors push answers to
 #: refusals (and then to loops) at alphas where the query and modality vectors still change nothing, so the grid
 #: spans both
