@@ -220,3 +220,21 @@ def test_prompt_only_revision_figures_are_the_benchmark_output() -> None:
     concepts = " ".join((ROOT / "docs" / "concepts.md").read_text().split())
     assert (f"({mm['revised, prompt positions']['refusal']} of 40 held-out MM-SafetyBench TYPO answers, against "
             f"{mm['revised, all positions']['empty_or_degenerate']} of 40 loops on every position") in concepts
+
+
+def test_judges_topic_word_counts_are_the_scripts() -> None:
+    """docs/judges.md's counts of refusals on a topic word alone are benchmarks/refusal_topic_words.py's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("refusal_topic_words", ROOT / "benchmarks" / "refusal_topic_words.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table, _ = module.counts()
+    text = " ".join((ROOT / "docs" / "judges.md").read_text().split())
+    names = {"iar_ablation.answers.jsonl": "IAR ablation", "organism_table.answers.jsonl": "organism table",
+             "vl_merge_comparison.answers.jsonl": "merge comparison", "vl_safety/degradation.jsonl":
+             "degradation benchmark", "merge_sweep/results.jsonl": "merge sweep"}
+    for name, label in names.items():
+        refusals, alone = table[name]
+        assert f"{alone} of {refusals} ({label})" in text, (name, alone, refusals)
