@@ -5,6 +5,7 @@ deltas and manifests go through :func:`atomic_write`."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -42,3 +43,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], f
 def atomic_text(path: str | os.PathLike[str], text: str, fsync: bool = True) -> Path:
     """:func:`atomic_write` of ``text`` (UTF-8)."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), fsync)
+
+
+def atomic_json(path: str | os.PathLike[str], value: object, indent: int | None = None,
+                sort_keys: bool = False) -> Path:
+    """:func:`atomic_text` of ``json.dumps(value, indent=indent, sort_keys=sort_keys)``, its folder made if
+    missing."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_text(path, json.dumps(value, indent=indent, sort_keys=sort_keys))

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lensiar.atomic import atomic_text, atomic_write
+from lensiar.atomic import atomic_json, atomic_text, atomic_write
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -112,7 +112,7 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
                            "layer_log_loss": [round(float(a), 5) for a in result.layer_loss]}
     if args.out:
         out["accuracy"], out["log_loss"] = result.accuracy.tolist(), result.loss.tolist()
-        _write_json(Path(args.out), out)
+        atomic_json(args.out, out)
         out = {k: v for k, v in out.items() if k not in ("accuracy", "log_loss")} | {"out": args.out}
     return out
 
@@ -133,11 +133,6 @@ def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
     return {"bundle": str(path), "level": bundle.level, "method": bundle.method, "strategy": bundle.strategy,
             "counts": bundle.data["counts"], "selected": chosen.nonzero().tolist(),
             "selected_accuracy": [round(float(a), 4) for a in bundle.accuracy[chosen]]}
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_text(path, json.dumps(value))
 
 
 def _open_image(path: str) -> Any:

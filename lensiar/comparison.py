@@ -35,14 +35,13 @@ from lensiar.ablation import (
     IMAGE_HARMFUL,
     XSTEST,
     AblationConfig,
-    _atomic_json,
     _metrics,
     _pct,
     held_out_sets,
     organism_identity,
     sampled_answers_markdown,
 )
-from lensiar.atomic import atomic_text
+from lensiar.atomic import atomic_json, atomic_text
 
 SIGNIFICANCE = 0.05  #: a finding holds only if its difference passes a two-sided Fisher exact test at this level
 CHECKPOINT_ROLES = {
@@ -197,7 +196,7 @@ def run_comparison(out: str | Path = "docs/results", work: str | Path = "reports
                 for name in ("P", "V"):
                     _saved(name, ckpt, config.variants)
                 state["layers"] = changed_layers(config, ckpt)
-                _atomic_json(state_path, state)
+                atomic_json(state_path, state, indent=1)
                 log(f"layers VL adaptation changed most: {state['layers']['layers']}")
             base, safe = (("V", "V_safe") if setting.kind == "linear" else ("P", "P_safe"))
             merged = work / "merged"
@@ -213,7 +212,7 @@ def run_comparison(out: str | Path = "docs/results", work: str | Path = "reports
         if merged is not None:
             shutil.rmtree(merged, ignore_errors=True)
         state["rows"][setting.name] = {"finished": True, "seconds": round(time.perf_counter() - t0, 1)}
-        _atomic_json(state_path, state)
+        atomic_json(state_path, state, indent=1)
     return write_results(out, state, answers, config, Path(ablation or out / "iar_ablation.json"))
 
 
@@ -365,7 +364,7 @@ def write_results(out: Path, state: dict[str, Any], answers: Path, config: Compa
               "sampled_answers": _sampled_answers(records, [r["setting"] for r in table if r["kind"] != "revision"],
                                                  extra=(TEXT_TWINS,))}
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_json(out / "vl_merge_comparison.json", result)
+    atomic_json(out / "vl_merge_comparison.json", result, indent=1)
     atomic_text(out / "vl_merge_comparison.md", markdown(result) + "\n")
     if table:
         plot(table, out / "vl_merge_comparison.png")

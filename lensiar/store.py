@@ -18,15 +18,11 @@ from typing import Any
 
 from filelock import FileLock
 
-from lensiar.atomic import atomic_text
+from lensiar.atomic import atomic_json
 from lensiar.bundle import BundleError, RevisionBundle
 
 INDEX_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def _write_json(path: Path, value: Any) -> None:
-    atomic_text(path, json.dumps(value, indent=2, sort_keys=True))
 
 
 class VectorStore:
@@ -95,7 +91,7 @@ class VectorStore:
                 "level": bundle.level, "method": bundle.method, "strategy": bundle.strategy,
                 "metrics": metrics or {}, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            _write_json(self.index_path, index)
+            atomic_json(self.index_path, index, indent=2, sort_keys=True)
         return path
 
     def load(self, name: str, lens: Any = None) -> RevisionBundle:
@@ -115,7 +111,7 @@ class VectorStore:
                 raise BundleError(f"no bundle {name!r} in {self.root}")
             path = self._file(name, entry)
             del index["bundles"][name]
-            _write_json(self.index_path, index)
+            atomic_json(self.index_path, index, indent=2, sort_keys=True)
             path.unlink(missing_ok=True)
 
     def orphans(self) -> builtins.list[str]:
