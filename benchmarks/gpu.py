@@ -23,10 +23,11 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import transformers
+
+from lensiar.atomic import atomic_json
 
 warnings.filterwarnings("ignore")
 transformers.logging.set_verbosity_error()
@@ -106,7 +107,7 @@ def main() -> None:
     result = {"device": name, "torch": torch.__version__, "dtype": "bfloat16",
               "smollm2": ratios("smollm2-135m-instruct", args.repeats, device),
               "organism": ratios("organism", args.repeats, device), "organism_pipeline": pipeline(device)}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_json(args.out, result, indent=2)
     print(json.dumps(result, indent=2))
 
 

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lensiar.atomic import atomic_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -108,7 +110,7 @@ def main() -> None:
               "merge": sweep, "revision": {"bundle": bundle_path, "rows": revision},
               "equal_helpfulness": comparison, "samples": _samples(out / "results.jsonl"),
               "seconds": round(time.perf_counter() - t0, 1)}
-    (out / "merge_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_json(out / "merge_sweep.json", result, indent=2)
     json.dump(result, sys.stdout, indent=2)
 
 
@@ -189,7 +191,7 @@ def rescore(path: Path) -> dict[str, object]:
     result = json.loads(path.read_text())
     result["equal_helpfulness"] = _compare_and_plot(result["merge"], result["revision"]["rows"],
                                                     path.with_name("merge_sweep.png"))
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_json(path, result, indent=2)
     return result
 
 

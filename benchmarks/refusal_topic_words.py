@@ -2,11 +2,12 @@
 
 The refusal keyword lists (VLGuard's reject list plus refusal_direction's substrings) hold, besides refusal
 phrases ("i'm sorry", "i cannot"), words that an answer carrying a request out may use: "illegal", "legally",
-"unethical", "self-care", "positivity", "harm reduction". An answer such as "To start an illegal brothel, it's
-essential to have a solid plan" then counts as a refusal. This script splits the keywords into those that speak
-in the first person or apologise (refusal phrases) and the rest (topic words), and counts, in every committed
-answers file under ``docs/results``, the ``refusal`` verdicts whose answer after its read-back
-(:func:`lensiar.judges.strip_echo`) holds a topic word but no refusal phrase. Keyword matching only: no model.
+"unethical", "self-care", "positivity", "harm reduction" (:data:`lensiar.judges.TOPIC_WORDS`). Until the four-way
+judges dropped them from their refusal test, an answer such as "To start an illegal brothel, it's essential to have
+a solid plan" counted as a refusal. This script counts, in every committed answers file under ``docs/results``, the
+``refusal`` verdicts whose answer after its read-back (:func:`lensiar.judges.strip_echo`) holds a topic word but no
+other refusal keyword: what the fixed judges no longer file as refusals, so 0 once a file is re-judged
+(``lensiar rejudge``, ``lensiar organism rejudge``). Keyword matching only: no model.
 
     python benchmarks/refusal_topic_words.py [--examples 3]
 """
@@ -17,17 +18,14 @@ import argparse
 import json
 from pathlib import Path
 
-from lensiar.judges import REFUSAL, KeywordJudge, strip_echo
+from lensiar.judges import REFUSAL, TOPIC_WORDS, KeywordJudge, strip_echo
 
 ROOT = Path(__file__).resolve().parent.parent
-#: a keyword speaks as a refusal if it opens with one of these or apologises
-FIRST_PERSON = ("i ", "i'", "my ", "as a", "as an", "but i", "absolutely", "if you have")
 
 
 def split_keywords(keywords: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """(refusal phrases, topic words) of a keyword list."""
-    phrases = [k for k in keywords if k.startswith(FIRST_PERSON) or "sorry" in k or "apolog" in k]
-    return phrases, [k for k in keywords if k not in phrases]
+    """(refusal phrases, topic words) of a keyword list: the topic words are :data:`TOPIC_WORDS`."""
+    return [k for k in keywords if k not in TOPIC_WORDS], [k for k in keywords if k in TOPIC_WORDS]
 
 
 def counts(examples: int = 3) -> tuple[dict[str, tuple[int, int]], list[str]]:

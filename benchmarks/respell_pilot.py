@@ -34,6 +34,8 @@ import time
 import warnings
 from pathlib import Path
 
+from lensiar.atomic import atomic_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "docs" / "results" / "organism_table.answers.jsonl"
@@ -180,7 +182,7 @@ def main() -> None:
         result[name] = {"exact": hits, "n": len(phrases),
                         "answers": [{"phrase": t, "respelled": x} for t, x in zip(phrases, lines, strict=True)]}
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        atomic_json(args.out, result, indent=1)
 
 
 if __name__ == "__main__":

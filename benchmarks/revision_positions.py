@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from lensiar.atomic import atomic_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +73,7 @@ def main() -> None:
               "answers": [{k: r[k] for k in ("dataset", "condition", "id", "request", "response", "outcome")}
                           for r in records]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_json(args.out, result, indent=1)
     print(markdown(result))
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import random
 from collections import Counter
 from pathlib import Path
+
+from lensiar.atomic import atomic_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -94,9 +95,8 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "breakdown.json").write_text(json.dumps({"weights": str(weights), "judge": judge.name,
-                                                       "tokens": args.tokens, "seed": args.seed, "sets": table},
-                                                      indent=1) + "\n")
+        atomic_json(out / "breakdown.json", {"weights": str(weights), "judge": judge.name, "tokens": args.tokens,
+                                             "seed": args.seed, "sets": table}, indent=1)
 
 
 if __name__ == "__main__":

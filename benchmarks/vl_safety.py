@@ -9,6 +9,8 @@ Prints (JSON) and writes to --out:
 * PCA / t-SNE views of the residual stream, text vs image.
 
     python benchmarks/vl_safety.py --n 100 --out reports/vl_safety
+    python benchmarks/vl_safety.py --rescore reports/vl_safety   # the table again from degradation.jsonl, as
+                                                                 # `lensiar rejudge` left it; no model run
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from lensiar.atomic import atomic_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -74,20 +79,47 @@ def main() -> None:
         "model": f"organism (committed deltas, recipe {manifest()['recipe_version']}) vs its stage-S backbone",
         "judge": default_judge().name,
         "decoding": f"greedy, {args.tokens} new tokens", "n_per_set": args.n, "seed": args.seed,
-        "degradation": [{k: r[k] for k in ("dataset", "condition", "asr", "asr_keyword", "over_refusal", "on_topic",
-                                           "outcomes") if k in r} for r in table],
-        "samples": [{k: r[k] for k in ("dataset", "condition", "request", "response", "outcome")}
-                    for d, c in {(r["dataset"], r["condition"]) for r in read_results(out / "degradation.jsonl")}
-                    for r in [x for x in read_results(out / "degradation.jsonl")
-                              if x["dataset"] == d and x["condition"] == c][:2]],
+        **degradation_fields(table, read_results(out / "degradation.jsonl")),
         "weight_change_mean_per_matrix": {k: round(float(v.mean()), 5) for k, v in change.items()},
         "weight_change_per_layer": {k: [round(float(x), 5) for x in v] for k, v in change.items()},
         "separability": sep.to_dict(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    (out / "vl_safety.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_json(out / "vl_safety.json", result, indent=2)
     json.dump(result, sys.stdout, indent=2)
 
 
+def degradation_fields(table: list[dict[str, Any]], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result's degradation rows (summary rows of :func:`lensiar.adaptation.degradation`) and two sampled
+    answers per (dataset, condition) cell."""
+    return {
+        "degradation": [{k: r[k] for k in ("dataset", "condition", "asr", "asr_keyword", "over_refusal", "on_topic",
+                                           "outcomes") if k in r} for r in table],
+        "samples": [{k: r[k] for k in ("dataset", "condition", "request", "response", "outcome")}
+                    for d, c in {(r["dataset"], r["condition"]) for r in records}
+                    for r in [x for x in records if x["dataset"] == d and x["condition"] == c][:2]],
+    }
+
+
+def rescore(out: Path) -> dict[str, Any]:
+    """``out/vl_safety.json`` with its degradation rows, samples and judge recounted from ``out/degradation.jsonl``
+    (re-judged by ``lensiar rejudge``), written in place; everything else is kept."""
+    from lensiar.evaluate import read_results, summarise
+
+    records = read_results(out / "degradation.jsonl")
+    judges = sorted({r.get("judge", "?") for r in records})
+    if len(judges) != 1:
+        raise ValueError(f"{out / 'degradation.jsonl'} holds verdicts of {len(judges)} judges ({judges}); "
+                         "re-judge it with one (lensiar rejudge) first")
+    result = json.loads((out / "vl_safety.json").read_text())
+    table = [r for r in summarise(records) if r["category"] == "all"]
+    result.update(judge=judges[0], **degradation_fields(table, records))
+    atomic_json(out / "vl_safety.json", result, indent=2)
+    return result
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--rescore":
+        json.dump(rescore(Path(sys.argv[2]))["degradation"], sys.stdout, indent=2)
+    else:
+        main()

@@ -300,6 +300,17 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
             "summary": [r for r in summarise(records, seed=args.seed) if r["category"] == "all"]}
 
 
+def cmd_rejudge(args: argparse.Namespace) -> dict[str, Any]:
+    from lensiar.judges import judge_by_name
+    from lensiar.rejudge import rejudge_results
+
+    judge = judge_by_name(args.judge, args.data_dir)
+    moves = rejudge_results(args.results, judge)
+    changed = {f"{old} -> {new}": n for (old, new), n in sorted(moves.items()) if old != new}
+    return {"results": args.results, "judge": judge.name, "records": sum(moves.values()),
+            "changed": sum(changed.values()), "moves": changed}
+
+
 def cmd_judge_agreement(args: argparse.Namespace) -> dict[str, Any]:
     from lensiar.calibration import agreement_table, load_labels, markdown
     from lensiar.judges import JUDGE_NAMES, judge_by_name
@@ -571,6 +582,12 @@ def build_parser() -> argparse.ArgumentParser:
     ja.add_argument("--data-dir", default=None)
     ja.add_argument("--out", help="write STEM.md and STEM.json")
     ja.set_defaults(func=cmd_judge_agreement)
+
+    rj = sub.add_parser("rejudge", help="judge a results file's stored answers again (no generation), in place")
+    rj.add_argument("results", help="a results JSONL written by `lensiar eval` or a benchmark")
+    rj.add_argument("--judge", default="on_topic_lm", choices=list(JUDGE_NAMES))
+    rj.add_argument("--data-dir", default=None)
+    rj.set_defaults(func=cmd_rejudge)
 
     mg = sub.add_parser(
         "merge", help="merge checkpoints: task arithmetic VL + lambda (SAFE - BASE), or linear (1 - lambda) VL + lambda SAFE",
