@@ -116,18 +116,28 @@ def set_aside(path: str | os.PathLike[str]) -> Path | None:
         return None
     if not p.is_file():
         raise ValueError(f"{p} is not a results file (a directory?); nothing was moved")
-    lock = FileLock(str(p.with_name(p.name + ".lock")))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ValueError(f"{p} is being written by another run (lock {lock.lock_file}); nothing was moved") from None
-    try:
+    with results_lock(p, "nothing was moved"):
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         k = 0
         while (target := p.with_name(f"{p.name}.{stamp}{f'.{k}' if k else ''}.bak")).exists():
             k += 1
         os.replace(p, target)  # one rename within the folder: atomic
         return target
+
+
+@contextlib.contextmanager
+def results_lock(path: str | os.PathLike[str], refused: str = "wait for it or use another results file"
+                 ) -> Iterator[None]:
+    """Hold the run lock of the results file ``path`` (``<name>.lock`` beside it) for the block; a file another
+    run holds raises ``ValueError`` at once, ending in ``refused``."""
+    p = Path(path)
+    lock = FileLock(str(p.with_name(p.name + ".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"{p} is being written by another run (lock {lock.lock_file}); {refused}") from None
+    try:
+        yield
     finally:
         lock.release()
 
@@ -199,16 +209,8 @@ def run(
     keyword = KeywordJudge.from_lists()
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path.with_name(path.name + ".lock")))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ValueError(f"{path} is being written by another run (lock {lock.lock_file}); wait for it or use "
-                         "another results file") from None
-    try:
+    with results_lock(path):
         return _run_locked(conditions, datasets, path, chosen, keyword, max_new_tokens, batch_size, progress)
-    finally:
-        lock.release()
 
 
 def _run_locked(conditions: Sequence[Condition], datasets: Sequence[Dataset], path: Path, judge: Judge,

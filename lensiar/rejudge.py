@@ -15,10 +15,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from lensiar.atomic import atomic_text
-from lensiar.evaluate import read_results
+from lensiar.evaluate import read_results, results_lock
 from lensiar.judges import ON_TOPIC, REFUSAL, Judge
 from lensiar.progress import tqdm
 
@@ -32,12 +30,7 @@ def rejudge_results(path: str | os.PathLike[str], judge: Judge, progress: bool =
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"no results file {p}")
-    lock = FileLock(str(p.with_name(p.name + ".lock")))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ValueError(f"{p} is being written by another run (lock {lock.lock_file}); nothing was re-judged") from None
-    try:
+    with results_lock(p, "nothing was re-judged"):
         records = read_results(p)
         missing = [k + 1 for k, r in enumerate(records) if not isinstance(r.get("request"), str)]
         if missing:
@@ -55,5 +48,3 @@ def rejudge_results(path: str | os.PathLike[str], judge: Judge, progress: bool =
             rec.update(outcome=outcome, refused=outcome == REFUSAL, complied=outcome == ON_TOPIC, judge=judge.name)
         atomic_text(p, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         return moves
-    finally:
-        lock.release()
