@@ -123,6 +123,25 @@ def test_adaptation_degradation_table_quotes_the_committed_run() -> None:
     assert f"n = {result['n_per_set']} per cell" in docs and f"{result['seconds']:.0f} s on 2 cores" in docs
 
 
+def test_committed_degradation_table_is_what_its_answers_give(tmp_path: Path) -> None:
+    """benchmarks/vl_safety.py --rescore, run on a copy of the committed degradation answers, gives back the
+    committed table and judge: the table is its answers' verdicts, whoever judged them last."""
+    import importlib.util
+    import json
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("vl_safety", ROOT / "benchmarks" / "vl_safety.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("vl_safety.json", "degradation.jsonl"):
+        shutil.copy(ROOT / "docs" / "results" / "vl_safety" / name, tmp_path / name)
+    committed = json.loads((tmp_path / "vl_safety.json").read_text())
+    again = module.rescore(tmp_path)
+    assert again["degradation"] == committed["degradation"] and again["judge"] == committed["judge"]
+    assert {k: v for k, v in again.items() if k != "samples"} == {k: v for k, v in committed.items() if k != "samples"}
+
+
 def test_howto_bf16_figures_are_the_benchmark_output() -> None:
     import json
 
