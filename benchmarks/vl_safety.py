@@ -96,7 +96,7 @@ def degradation_fields(table: list[dict[str, Any]], records: list[dict[str, Any]
         "degradation": [{k: r[k] for k in ("dataset", "condition", "asr", "asr_keyword", "over_refusal", "on_topic",
                                            "outcomes") if k in r} for r in table],
         "samples": [{k: r[k] for k in ("dataset", "condition", "request", "response", "outcome")}
-                    for d, c in {(r["dataset"], r["condition"]) for r in records}
+                    for d, c in dict.fromkeys((r["dataset"], r["condition"]) for r in records)  # file order
                     for r in [x for x in records if x["dataset"] == d and x["condition"] == c][:2]],
     }
 

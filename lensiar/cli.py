@@ -146,8 +146,12 @@ def _open_image(path: str) -> Any:
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     """The main job on the embedded organism (see :mod:`lensiar.demo`)."""
-    from lensiar.demo import run_demo
+    from lensiar.demo import rescore, run_demo
 
+    if args.rescore:
+        summary = rescore(args.out)
+        print(f"rescored {Path(args.out).resolve()}/summary.md (judge {summary['judge']})", file=sys.stderr)
+        return {"report": str(Path(args.out) / "summary.md"), "judge": summary["judge"], "rescored": True}
     summary = run_demo(args.out, store=args.store, n_eval=args.n, seed=args.seed, tokens=args.max_new_tokens,
                        quick=args.quick, data=args.data_dir, log=lambda line: print(line, file=sys.stderr),
                        organism=args.organism)
@@ -419,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--store", default="vector_store", help="vector store for the chosen bundle")
     demo.add_argument("--data-dir", default=None)
     demo.add_argument("--quick", action="store_true", help="tiny counts (a smoke run; numbers mean nothing)")
+    demo.add_argument("--rescore", action="store_true",
+                      help="no run: recount --out's summary from its results files (after `lensiar rejudge` on them)")
     demo.add_argument("--organism", default=None,
                       help="organism folder of a build (lensiar organism build --out DIR) instead of the committed one")
     demo.set_defaults(func=cmd_demo)

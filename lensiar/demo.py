@@ -464,15 +464,11 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     for stale in ("results.jsonl", "results_smollm2.jsonl"):  # each demo run starts fresh: its choice may differ
         (out / stale).unlink(missing_ok=True)
     records = run(conditions, held, out / "results.jsonl", judge=judge, max_new_tokens=tokens, batch_size=EVAL_BATCH)
-    summary["organism"] = [r for r in summarise(records, seed=seed) if r["category"] == "all"]
-    summary["samples"] = [{k: r[k] for k in ("dataset", "condition", "request", "response", "outcome")}
-                          for d in held for c in conditions
-                          for r in [x for x in records if x["dataset"] == d.name and x["condition"] == c.name][:2]]
+    # the harmful image sets pool into the organism's image ASR, as in the organism report's image row
+    summary["image_sets"] = [d.name for d in held if d.items and d.items[0].harmful and d.items[0].image is not None]
+    summary.update(held_out_rows(records, [(d.name, c.name) for d in held for c in conditions], summary["image_sets"],
+                                 seed))
     laps("organism: held-out evaluation")
-    # the image sets together: the organism's image ASR, as in the organism report's image row
-    images = {d.name for d in held if d.items and d.items[0].harmful and d.items[0].image is not None}
-    pooled = [{**r, "dataset": "image sets pooled", "category": ""} for r in records if r["dataset"] in images]
-    summary["organism"] += summarise(pooled, seed=seed)
     # the layer-level mms bundle is stored too: benchmarks/merge_sweep.py compares merging with it
     VectorStore(store).save("organism-modality-mms-layer",
                             dataclasses.replace(bundles[("mms", "layer")], defaults={"alpha": 2.0, "top_k": 3}),
@@ -498,10 +494,53 @@ def run_demo(out_dir: str | Path = "reports/demo", store: str | Path = "vector_s
     text_records = run(text_conditions, text_sets, out / "results_smollm2.jsonl", judge=judge,
                        max_new_tokens=min(tokens, TEXT_TOKENS), batch_size=EVAL_BATCH)
     summary["smollm2_text"] = {"strategy": "multi_response", "method": "mms", "level": "head", "alpha": 4.0,
-                               "top_k": 32, "rows": [r for r in summarise(text_records, seed=seed) if r["category"] == "all"]}
+                               "top_k": 32, "rows": _all_rows(text_records, seed)}
     laps("SmolLM2: text revision and evaluation")
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     summary["seconds_by_phase"] = laps.seconds
+    atomic_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_text(out / "summary.md", markdown(summary) + "\n")
+    return summary
+
+
+def _all_rows(records: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    return [r for r in summarise(records, seed=seed) if r["category"] == "all"]
+
+
+def held_out_rows(records: Sequence[dict[str, Any]], cells: Sequence[tuple[str, str]], image_sets: Sequence[str],
+                  seed: int) -> dict[str, Any]:
+    """The summary's ``organism`` rows (one per dataset and condition, then ``image sets pooled`` over
+    ``image_sets``) and ``samples`` (the first two answers of each (dataset, condition) cell, in ``cells``
+    order) from held-out records."""
+    pooled = [{**r, "dataset": "image sets pooled", "category": ""} for r in records if r["dataset"] in image_sets]
+    samples = [{k: r[k] for k in ("dataset", "condition", "request", "response", "outcome")}
+               for d, c in cells for r in [x for x in records if x["dataset"] == d and x["condition"] == c][:2]]
+    return {"organism": _all_rows(records, seed) + summarise(pooled, seed=seed), "samples": samples}
+
+
+#: the harmful image sets of :func:`_image_sets`, for a summary written before it named them (``image_sets``)
+HARMFUL_IMAGE_SETS = ("mm_safetybench-typo", "safebench-figstep-rendered")
+
+
+def rescore(out: str | Path) -> dict[str, Any]:
+    """A finished demo run's ``summary.json`` and ``summary.md`` with the held-out rows and samples (organism and
+    SmolLM2) recounted from its results files, as ``lensiar rejudge`` left them; the validation grid, the choice
+    and the timings stay the run's. Written in place; the summary says it was rescored."""
+    from lensiar.evaluate import read_results
+
+    out = Path(out)
+    summary = json.loads((out / "summary.json").read_text())
+    records, text_records = read_results(out / "results.jsonl"), read_results(out / "results_smollm2.jsonl")
+    judges = sorted({str(r.get("judge")) for r in [*records, *text_records]})
+    if len(judges) != 1 or not records or not text_records:
+        raise ValueError(f"{out}'s results hold verdicts of {len(judges)} judges ({judges}); re-judge both files with "
+                         "one (lensiar rejudge) first")
+    cells = list(dict.fromkeys((r["dataset"], r["condition"]) for r in summary.get("samples", [])))
+    summary.update(held_out_rows(records, cells, summary.get("image_sets", HARMFUL_IMAGE_SETS), summary["seed"]))
+    summary["smollm2_text"]["rows"] = _all_rows(text_records, summary["seed"])
+    summary["rescored"] = {"judge": judges[0], "validation_judge": summary.get("rescored", {}).get(
+        "validation_judge", summary["judge"])}
+    summary["judge"] = judges[0]
     atomic_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_text(out / "summary.md", markdown(summary) + "\n")
     return summary
@@ -544,6 +583,9 @@ def markdown(summary: dict[str, Any]) -> str:
     """The demo summary as markdown: the chosen revision and the before/after tables with intervals."""
     lines = ["# lensiar demo", "", f"judge: {summary['judge']}; greedy, {summary['max_new_tokens']} new tokens; "
              f"seed {summary['seed']}; 95% bootstrap intervals", ""]
+    if rescored := summary.get("rescored"):
+        lines += [f"Rescored (`lensiar demo --rescore`): the held-out verdicts were judged again from the stored answers; "
+                  f"the validation grid and the choice are the run's, judged by {rescored['validation_judge']}.", ""]
     if "organism_weights" in summary:
         w = summary["organism_weights"]
         lines += [f"organism: {w['folder']} (recipe v{w['recipe_version']}), not the committed one", ""]

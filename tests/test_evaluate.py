@@ -246,3 +246,35 @@ def test_rejudge_rewrites_verdicts_in_place_and_keeps_the_rest(tmp_path: Path, s
     with pytest.raises(ValueError, match="no stored request"):
         rejudge_results(bare, judge, progress=False)
     assert out.read_text() == text and "request" not in bare.read_text()
+
+
+def test_a_demo_summary_is_rescored_from_its_rejudged_results(tmp_path: Path, smollm2: lensiar.Lens) -> None:
+    """``lensiar demo --rescore``: the held-out rows, samples and SmolLM2 rows of a summary are recounted from its
+    results files once they hold one judge's verdicts; the run's own fields stay; mixed judges are refused."""
+    from lensiar.cli import main
+    from lensiar.demo import markdown, rescore
+
+    harmful = Dataset("harmbench", tuple(Item(f"h{k}", p, True) for k, p in enumerate(PROMPTS[:2])), "test")
+    benign = Dataset("xstest-safe", tuple(Item(f"x{k}", p, False) for k, p in enumerate(PROMPTS[2:4])), "test")
+    from lensiar.judges import KeywordJudge, OnTopicJudge
+
+    for name, judge in (("results.jsonl", KeywordJudge.from_lists()), ("results_smollm2.jsonl", OnTopicJudge.default())):
+        run([Condition("unrevised", smollm2)], [harmful, benign], tmp_path / name, judge=judge, max_new_tokens=4,
+            progress=False)
+    summary = {"judge": "an earlier judge", "seed": 0, "max_new_tokens": 4, "validation": None, "seconds": 12.0,
+               "organism": [], "samples": [{"dataset": d, "condition": "unrevised"} for d in ("xstest-safe", "harmbench")],
+               "smollm2_text": {"rows": []}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert main(["demo", "--rescore", "--out", str(tmp_path)]) == 2  # two judges' verdicts: refused
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    for name in ("results.jsonl", "results_smollm2.jsonl"):
+        assert main(["rejudge", str(tmp_path / name), "--judge", "on_topic"]) == 0
+    fresh = rescore(tmp_path)
+    records = read_results(tmp_path / "results.jsonl")
+    assert fresh["organism"][:2] == [r for r in summarise(records) if r["category"] == "all"]
+    assert fresh["smollm2_text"]["rows"] == fresh["organism"][:2]  # the same answers in both files
+    assert [(s["dataset"], s["response"]) for s in fresh["samples"]] == [
+        (r["dataset"], r["response"]) for d in ("xstest-safe", "harmbench") for r in records if r["dataset"] == d]
+    assert fresh["seconds"] == 12.0 and fresh["rescored"]["validation_judge"] == "an earlier judge"
+    assert fresh["judge"] == records[0]["judge"] and "Rescored" in markdown(fresh)
+    assert rescore(tmp_path)["rescored"]["validation_judge"] == "an earlier judge"  # a second rescore keeps it
