@@ -246,6 +246,7 @@ def test_rejudge_rewrites_verdicts_in_place_and_keeps_the_rest(tmp_path: Path, s
     with pytest.raises(ValueError, match="no stored request"):
         rejudge_results(bare, judge, progress=False)
     assert out.read_text() == text and "request" not in bare.read_text()
+    assert main(["rejudge", str(tmp_path / "none.jsonl"), "--judge", "on_topic"]) == 2  # no such file: one line
 
 
 def test_a_demo_summary_is_rescored_from_its_rejudged_results(tmp_path: Path, smollm2: lensiar.Lens) -> None:
