@@ -150,8 +150,8 @@ def test_the_docs_table_is_the_committed_comparison() -> None:
 @pytest.mark.parametrize(("doc", "names"), [
     ("README.md", {"V": "V", "V_safe": "V_safe", "V_joint": "V_joint", "linear merge 0.5": "linear 0.5"}),
     ("docs/concepts.md", {"V": "V", "V_safe": "V_safe", "V_joint": "V_joint",
-                          "best merge by ASR (linear 0.5)": "linear 0.5",
-                          "IAR chosen cell": "IAR: modality/mms/head/gated"}),
+                          "best merge by ASR (task arithmetic 1.5)": "task arithmetic 1.5",
+                          "IAR chosen cell": "IAR: single_response/mms/layer/gated"}),
 ])
 def test_short_comparison_tables_quote_the_committed_rows(doc: str, names: dict[str, str]) -> None:
     text = (Path(__file__).parents[1] / doc).read_text()
@@ -168,7 +168,7 @@ def test_short_comparison_tables_quote_the_committed_rows(doc: str, names: dict[
     if doc == "docs/concepts.md":  # the best merge by ASR is what the label says
         merges = [r for r in rows.values() if r["kind"] in ("linear", "task_arithmetic")]
         best = min(merges, key=lambda r: (r["image_asr"]["rate"], -r["benign_image_helpfulness"]["rate"]))
-        assert best["setting"] == "linear 0.5"
+        assert best["setting"] == "task arithmetic 1.5"
 
 
 def test_a_quick_variant_build_writes_a_verified_delta_and_its_environment(tmp_path: Path) -> None:
