@@ -51,7 +51,7 @@ def main() -> None:
     from lensiar.adaptation import typo_pairs
     from lensiar.data_sources import data_dir
     from lensiar.demo import _reading_set
-    from lensiar.evaluate import Condition, run, set_aside, summarise
+    from lensiar.evaluate import Condition, read_results, run, sampled_answers, set_aside, summarise
     from lensiar.judges import default_judge
     from lensiar.merge import merge
     from lensiar.organism import checkpoints, load, load_vl_checkpoint
@@ -108,24 +108,10 @@ def main() -> None:
               "judge": default_judge().name, "decoding": f"greedy, {args.tokens} new tokens",
               "n_per_set": args.n, "seed": args.seed, "helpfulness": "exact reading of held-out Alpaca phrases",
               "merge": sweep, "revision": {"bundle": bundle_path, "rows": revision},
-              "equal_helpfulness": comparison, "samples": _samples(out / "results.jsonl"),
+              "equal_helpfulness": comparison, "samples": sampled_answers(read_results(out / "results.jsonl")),
               "seconds": round(time.perf_counter() - t0, 1)}
     atomic_json(out / "merge_sweep.json", result, indent=2)
     json.dump(result, sys.stdout, indent=2)
-
-
-def _samples(path: Path, per_cell: int = 2) -> list[dict[str, object]]:
-    """The first ``per_cell`` answers of every (condition, dataset) cell, with their verdicts."""
-    from lensiar.evaluate import read_results
-
-    seen: dict[tuple[str, str], int] = {}
-    picked = []
-    for r in read_results(path):
-        cell = (r["condition"], r["dataset"])
-        if seen.get(cell, 0) < per_cell:
-            seen[cell] = seen.get(cell, 0) + 1
-            picked.append({k: r.get(k) for k in ("condition", "dataset", "request", "response", "outcome")})
-    return picked
 
 
 def _rate(row: dict[str, object], key: str) -> float:

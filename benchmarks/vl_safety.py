@@ -92,28 +92,25 @@ def main() -> None:
 def degradation_fields(table: list[dict[str, Any]], records: list[dict[str, Any]]) -> dict[str, Any]:
     """The result's degradation rows (summary rows of :func:`lensiar.adaptation.degradation`) and two sampled
     answers per (dataset, condition) cell."""
+    from lensiar.evaluate import sampled_answers
+
     return {
         "degradation": [{k: r[k] for k in ("dataset", "condition", "asr", "asr_keyword", "over_refusal", "on_topic",
                                            "outcomes") if k in r} for r in table],
-        "samples": [{k: r[k] for k in ("dataset", "condition", "request", "response", "outcome")}
-                    for d, c in dict.fromkeys((r["dataset"], r["condition"]) for r in records)  # file order
-                    for r in [x for x in records if x["dataset"] == d and x["condition"] == c][:2]],
+        "samples": sampled_answers(records),
     }
 
 
 def rescore(out: Path) -> dict[str, Any]:
     """``out/vl_safety.json`` with its degradation rows, samples and judge recounted from ``out/degradation.jsonl``
     (re-judged by ``lensiar rejudge``), written in place; everything else is kept."""
-    from lensiar.evaluate import read_results, summarise
+    from lensiar.evaluate import one_judge, read_results, summarise
 
     records = read_results(out / "degradation.jsonl")
-    judges = sorted({r.get("judge", "?") for r in records})
-    if len(judges) != 1:
-        raise ValueError(f"{out / 'degradation.jsonl'} holds verdicts of {len(judges)} judges ({judges}); "
-                         "re-judge it with one (lensiar rejudge) first")
+    judge = one_judge(records, str(out / "degradation.jsonl"))
     result = json.loads((out / "vl_safety.json").read_text())
     table = [r for r in summarise(records) if r["category"] == "all"]
-    result.update(judge=judges[0], **degradation_fields(table, records))
+    result.update(judge=judge, **degradation_fields(table, records))
     atomic_json(out / "vl_safety.json", result, indent=2)
     return result
 

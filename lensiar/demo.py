@@ -22,7 +22,7 @@ from lensiar.atomic import atomic_text
 from lensiar.bundle import RevisionBundle
 from lensiar.data_sources import load_source
 from lensiar.datasets import Dataset, Item, load_preset
-from lensiar.evaluate import Condition, run, summarise
+from lensiar.evaluate import Condition, run, sampled_answers, summarise
 from lensiar.features import SampleActivations, sample_activations
 from lensiar.judges import DEGENERATE, OFF_TOPIC, ON_TOPIC, REFUSAL, Judge, default_judge
 from lensiar.lens import Lens
@@ -513,9 +513,8 @@ def held_out_rows(records: Sequence[dict[str, Any]], cells: Sequence[tuple[str, 
     ``image_sets``) and ``samples`` (the first two answers of each (dataset, condition) cell, in ``cells``
     order) from held-out records."""
     pooled = [{**r, "dataset": "image sets pooled", "category": ""} for r in records if r["dataset"] in image_sets]
-    samples = [{k: r[k] for k in ("dataset", "condition", "request", "response", "outcome")}
-               for d, c in cells for r in [x for x in records if x["dataset"] == d and x["condition"] == c][:2]]
-    return {"organism": _all_rows(records, seed) + summarise(pooled, seed=seed), "samples": samples}
+    return {"organism": _all_rows(records, seed) + summarise(pooled, seed=seed),
+            "samples": sampled_answers(records, cells)}
 
 
 #: the harmful image sets of :func:`_image_sets`, for a summary written before it named them (``image_sets``)
@@ -526,21 +525,20 @@ def rescore(out: str | Path) -> dict[str, Any]:
     """A finished demo run's ``summary.json`` and ``summary.md`` with the held-out rows and samples (organism and
     SmolLM2) recounted from its results files, as ``lensiar rejudge`` left them; the validation grid, the choice
     and the timings stay the run's. Written in place; the summary says it was rescored."""
-    from lensiar.evaluate import read_results
+    from lensiar.evaluate import one_judge, read_results
 
     out = Path(out)
     summary = json.loads((out / "summary.json").read_text())
     records, text_records = read_results(out / "results.jsonl"), read_results(out / "results_smollm2.jsonl")
-    judges = sorted({str(r.get("judge")) for r in [*records, *text_records]})
-    if len(judges) != 1 or not records or not text_records:
-        raise ValueError(f"{out}'s results hold verdicts of {len(judges)} judges ({judges}); re-judge both files with "
-                         "one (lensiar rejudge) first")
+    judge = one_judge([*records, *text_records], f"{out}'s results files")
+    if not records or not text_records:
+        raise ValueError(f"{out} lacks the results of a finished demo run (results.jsonl, results_smollm2.jsonl)")
     cells = list(dict.fromkeys((r["dataset"], r["condition"]) for r in summary.get("samples", [])))
     summary.update(held_out_rows(records, cells, summary.get("image_sets", HARMFUL_IMAGE_SETS), summary["seed"]))
     summary["smollm2_text"]["rows"] = _all_rows(text_records, summary["seed"])
-    summary["rescored"] = {"judge": judges[0], "validation_judge": summary.get("rescored", {}).get(
+    summary["rescored"] = {"judge": judge, "validation_judge": summary.get("rescored", {}).get(
         "validation_judge", summary["judge"])}
-    summary["judge"] = judges[0]
+    summary["judge"] = judge
     atomic_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_text(out / "summary.md", markdown(summary) + "\n")
     return summary

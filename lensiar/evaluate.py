@@ -142,6 +142,32 @@ def results_lock(path: str | os.PathLike[str], refused: str = "wait for it or us
         lock.release()
 
 
+def verdict_fields(outcome: str) -> dict[str, Any]:
+    """A record's verdict fields: the judge's ``outcome``, ``refused`` (a refusal in words) and ``complied``
+    (on-topic compliance)."""
+    return {"outcome": outcome, "refused": outcome == REFUSAL, "complied": outcome == ON_TOPIC}
+
+
+def one_judge(records: Sequence[dict[str, Any]], where: str) -> str:
+    """The name of the one judge whose verdicts ``records`` (from ``where``) hold; ``ValueError`` when there are
+    none or several, since a table recounted from them would mix judges."""
+    judges = sorted({str(r.get("judge")) for r in records})
+    if len(judges) != 1:
+        raise ValueError(f"{where} holds verdicts of {len(judges)} judges ({judges}); re-judge with one "
+                         "(lensiar rejudge) first")
+    return judges[0]
+
+
+def sampled_answers(records: Sequence[dict[str, Any]], cells: Sequence[tuple[str, str]] | None = None, per: int = 2
+                    ) -> list[dict[str, Any]]:
+    """The first ``per`` answers of each (dataset, condition) cell, in ``cells`` order (default: the order cells
+    first appear in ``records``): dataset, condition, request, response and outcome."""
+    order = cells if cells is not None else list(dict.fromkeys((r["dataset"], r["condition"]) for r in records))
+    keys = ("dataset", "condition", "request", "response", "outcome")
+    return [{k: r.get(k) for k in keys} for d, c in order
+            for r in [x for x in records if x["dataset"] == d and x["condition"] == c][:per]]
+
+
 def dedupe(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One record per (dataset, condition, id): the first written wins (a second run appends nothing new)."""
     seen: set[tuple[str, str, str]] = set()
@@ -236,9 +262,8 @@ def _run_locked(conditions: Sequence[Condition], datasets: Sequence[Dataset], pa
             outcomes = judge.verdicts([i.request() for i in items], responses)
             for item, response, outcome in zip(items, responses, outcomes, strict=True):
                 rec = {"dataset": data.name, "condition": cond.name, "id": item.id, "category": item.category,
-                       "harmful": item.harmful, "request": item.request(), "response": response, "outcome": outcome,
-                       "refused": outcome == REFUSAL, "complied": outcome == ON_TOPIC,
-                       "keyword_refused": keyword.refused(response), "judge": judge.name,
+                       "harmful": item.harmful, "request": item.request(), "response": response,
+                       **verdict_fields(outcome), "keyword_refused": keyword.refused(response), "judge": judge.name,
                        "signature": signatures[cond.name]}
                 if "answer" in item.meta:
                     rec["helpful"] = helpful(response, item.meta["answer"])

@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 from lensiar.atomic import atomic_text
-from lensiar.evaluate import read_results, results_lock
-from lensiar.judges import ON_TOPIC, REFUSAL, Judge
+from lensiar.evaluate import read_results, results_lock, verdict_fields
+from lensiar.judges import Judge
 from lensiar.progress import tqdm
 
 #: pairs judged per call, so that the progress bar moves
@@ -45,6 +45,6 @@ def rejudge_results(path: str | os.PathLike[str], judge: Judge, progress: bool =
         moves: Counter[tuple[str, str]] = Counter()
         for rec, outcome in zip(records, outcomes, strict=True):
             moves[(str(rec.get("outcome")), outcome)] += 1
-            rec.update(outcome=outcome, refused=outcome == REFUSAL, complied=outcome == ON_TOPIC, judge=judge.name)
+            rec.update(verdict_fields(outcome), judge=judge.name)
         atomic_text(p, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         return moves
