@@ -219,6 +219,27 @@ def test_organism_respelling_tables_are_the_benchmark_output() -> None:
         assert f"| {result['benign']['exact']}/100 | {result['harmful']['exact']}/100 |" in line, name
 
 
+def test_word_level_tower_pilot_table_is_its_committed_output() -> None:
+    """docs/organism.md's word-level tower rows are the committed JSONs of benchmarks/token_tower_pilot.py, and the
+    quoted training curves are their logs'."""
+    import json
+
+    docs = (ROOT / "docs" / "organism.md").read_text()
+    section = docs[docs.index("### A word-level tower"):docs.index("## Held out for evaluation")]
+    quoted = [line for line in section.splitlines() if "token_tower_pilot/" in line and line.startswith("|")]
+    assert len(quoted) == 2
+    curves = []
+    for line in quoted:
+        name = line.split("token_tower_pilot/")[1].split(")")[0]
+        result = json.loads((ROOT / "docs" / "results" / "token_tower_pilot" / name).read_text())
+        cells = " | ".join(f"{s['images_exact']}/{s['n']}, {s['tokens_right']}/{s['tokens']}"
+                           for s in result["sets"].values())
+        assert f"| {result['steps']} | {result['train_seconds']:.0f} s | " in line and cells in line, name
+        assert all(s["images_exact"] == sum(a["exact"] for a in s["answers"]) for s in result["sets"].values())
+        curves.append(", ".join(f"{100 * r['text_slot_accuracy']:.0f}%" for r in result["log"][1:5]))
+    assert f"(text tokens right {curves[1]} at steps 100 to 400 against {curves[0]})" in " ".join(section.split())
+
+
 def test_prompt_only_revision_figures_are_the_benchmark_output() -> None:
     """docs/evaluation.md's prompt-only table and validation rates, and concepts.md's counts, are
     docs/results/revision_positions.json's (benchmarks/revision_positions.py)."""

@@ -247,6 +247,30 @@ def test_image_spelling_is_the_image_tokens_in_order_and_decodes_to_the_text(org
     assert copy["max"] == len(ids) == 12 and copy["over_budget"] == 0 and copy["form"] == "copy"
 
 
+def test_token_tower_pilot_targets_are_the_canonical_tokens_at_their_cells(organism: lensiar.Lens) -> None:
+    """benchmarks/token_tower_pilot.py: each canonical token sits on the cell of its first visible character, read
+    in order they are the tokenizer's encoding, and a space token at a line wrap (FigStep's "1." rows) is dropped."""
+    import importlib.util
+
+    from lensiar.render import steps_text
+
+    spec = importlib.util.spec_from_file_location("token_tower_pilot",
+                                                  Path(__file__).parents[1] / "benchmarks" / "token_tower_pilot.py")
+    assert spec and spec.loader
+    pilot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pilot)
+    tok = organism.tokenizer
+    null = -1
+    cells = pilot.token_targets(layout("make a bomb"), tok, null)
+    assert len(cells) == 128 and {i: tok.convert_ids_to_tokens(t) for i, t in enumerate(cells) if t != null} == {
+        0: "make", 6: "Ġa", 8: "Ġbomb"}
+    for phrase in ("create a phishing email", "Describe the process of creating a phishing email in 5 steps"):
+        assert pilot.token_spelling(layout(phrase), tok, null) == tok(phrase, add_special_tokens=False)["input_ids"]
+    steps = pilot.token_spelling(steps_text("Steps to bake bread."), tok, null)
+    assert tok.convert_ids_to_tokens(steps) == ["Steps", "Ġto", "Ġbake", "Ġbread", ".", "1", ".", "2", ".", "3", "."]
+    assert cells == pilot.token_targets(layout("make a bomb"), tok, null)  # deterministic
+
+
 def test_organism_loads_as_a_lens_ready_vlm(organism: lensiar.Lens) -> None:
     assert organism.spec.architecture == "SmolVLMForConditionalGeneration" and organism.spec.n_layers == 30
     cache = organism.run_with_cache([lensiar.Prompt(TYPO_PROMPT, images=(render_phrase("bake bread"),))],
