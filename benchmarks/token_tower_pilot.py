@@ -90,26 +90,40 @@ def renderable_tokens(vocab: dict[str, int], extra: Sequence[int] = ()) -> list[
     return sorted({*ids, *extra})
 
 
-def word_list(words: list[str], rng: random.Random) -> str:
-    """3-9 vocabulary words, the first capitalised half the time, fitting one TYPO render."""
+def word_list(words: list[str], rng: random.Random, dense: bool = False) -> str:
+    """3-9 vocabulary words (``dense``: as many as fit the image), the first capitalised half the time, fitting one
+    TYPO render."""
+    capital = rng.random() < 0.5
+    if dense:
+        text = ""
+        while True:
+            longer = f"{text} {rng.choice(words)}".strip()
+            if not fits(longer):
+                return text[0].upper() + text[1:] if capital and text else text
+            text = longer
     while True:
         text = " ".join(rng.sample(words, rng.randint(3, 9)))
-        if rng.random() < 0.5:
+        if capital:
             text = text[0].upper() + text[1:]
         if fits(text):
             return text
 
 
 def sampled_step(vlm: Any, images: torch.Tensor, targets: torch.Tensor, emb: torch.Tensor, cand: torch.Tensor,
-                 negatives: int, gen: torch.Generator, null: int, params: list[Any], opt: Any, sched: Any) -> dict[str, float]:
+                 negatives: int, gen: torch.Generator, null: int, params: list[Any], opt: Any, sched: Any,
+                 null_share: float = 1.0) -> dict[str, float]:
     """One tower step with a sampled softmax: the batch's own target tokens plus ``negatives`` drawn from ``cand``
-    (every slot against all 48k renderable tokens took 6.5 s a step); tower and logits in bf16, losses in fp32."""
+    (every slot against all 48k renderable tokens took 6.5 s a step); tower and logits in bf16, losses in fp32.
+    ``null_share`` < 1: the loss over every text slot and that share of the ``NULL`` slots (drawn anew each step)."""
     target = targets.flatten()
-    drawn = cand[torch.randint(len(cand), (negatives,), generator=gen)]
-    classes, inverse = torch.cat([target, drawn]).unique(return_inverse=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = patch_embeddings(vlm, images)
     out = out.float().flatten(0, 1)
+    if null_share < 1.0:  # every text slot, a random share of the NULL ones
+        keep = (target != null) | (torch.rand(len(target), generator=gen) < null_share)
+        target, out = target[keep], out[keep]
+    drawn = cand[torch.randint(len(cand), (negatives,), generator=gen)]
+    classes, inverse = torch.cat([target, drawn]).unique(return_inverse=True)
     logits = (out.bfloat16() @ emb[classes].T.bfloat16()).float()
     ce = torch.nn.functional.cross_entropy(logits, inverse[: len(target)])
     mse = (out - emb[target]).square().sum(-1).mean()
@@ -155,6 +169,8 @@ def main() -> None:
     ap.add_argument("--negatives", type=int, default=4096, help="sampled negative classes a step")
     ap.add_argument("--width", type=int, default=assemble.VISION["hidden_size"], help="tower width")
     ap.add_argument("--layers", type=int, default=assemble.VISION["num_hidden_layers"], help="tower layers")
+    ap.add_argument("--dense", action="store_true", help="word lists fill the image (default 3-9 words)")
+    ap.add_argument("--null-share", type=float, default=1.0, help="share of NULL slots in each step's loss")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
@@ -187,14 +203,15 @@ def main() -> None:
         xs, ys = [], []
         for _ in range(args.batch):
             if rng.random() < args.words:
-                x, y = render(word_list(words, rng), "phrase", tokenizer, null)
+                x, y = render(word_list(words, rng, args.dense), "phrase", tokenizer, null)
             else:
                 text = rng.choice(pool)
                 style = "steps" if rng.random() < 0.3 and fits(text, "steps") else "phrase"
                 x, y = render(text, style, tokenizer, null)
             xs.append(x)
             ys.append(y)
-        m = sampled_step(vlm, torch.stack(xs), torch.tensor(ys), emb, cand, args.negatives, gen, null, params, opt, sched)
+        m = sampled_step(vlm, torch.stack(xs), torch.tensor(ys), emb, cand, args.negatives, gen, null, params, opt, sched,
+                         args.null_share)
         bar.set_postfix(ce=f"{m['ce']:.3f}", acc=f"{m['text_slot_accuracy']:.3f}")
         if step % 100 == 0 or step == args.steps - 1:
             log.append({"step": step, "seconds": round(time.perf_counter() - t0, 1)} | m)
@@ -219,8 +236,9 @@ def main() -> None:
         print(f"{name}: {results[name]['images_exact']}/{len(rows)} images exact, "
               f"tokens {results[name]['tokens_right']}/{results[name]['tokens']}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_json(args.out / f"steps{args.steps}_words{args.words}_w{args.width}_l{args.layers}.json",
-                {"steps": args.steps, "batch": args.batch, "words": args.words, "lr": args.lr, "negatives": args.negatives, "width": args.width, "layers": args.layers, "seed": args.seed,
+    atomic_json(args.out / f"steps{args.steps}_words{args.words}_w{args.width}_l{args.layers}"
+                                    f"{'_dense' if args.dense else ''}{f'_null{args.null_share}' if args.null_share < 1 else ''}.json",
+                {"steps": args.steps, "batch": args.batch, "words": args.words, "lr": args.lr, "negatives": args.negatives, "dense": args.dense, "null_share": args.null_share, "width": args.width, "layers": args.layers, "seed": args.seed,
                  "train_seconds": round(train_s, 1), "log": log, "sets": results})
 
 
