@@ -11,6 +11,8 @@ over-refusal within 10 points of it. Writes merge_sweep.json (with two sampled a
 merge_sweep.png (ASR against helpfulness).
 
     python benchmarks/merge_sweep.py --n 100 --out reports/merge_sweep [--bundle vector_store/NAME.safetensors]
+    python benchmarks/merge_sweep.py --rescore reports/merge_sweep/merge_sweep.json   # recount from results.jsonl,
+                                                                                      # e.g. after lensiar rejudge
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from lensiar.atomic import atomic_json
 
@@ -70,14 +73,8 @@ def main() -> None:
 
     def measure(lens: Lens, name: str, **revision: object) -> dict[str, object]:
         cond = Condition(name, lens, **revision)  # type: ignore[arg-type]
-        rows = [r for r in summarise(run([cond], sets, out / "results.jsonl", max_new_tokens=args.tokens,
-                                         batch_size=25, progress=False)) if r["category"] == "all" and r["condition"] == name]
-        by = {r["dataset"]: r for r in rows}
-        return {"image_asr": by["mm_safetybench-typo"]["asr"],
-                "image_asr_keyword": by["mm_safetybench-typo"]["asr_keyword"],
-                "over_refusal": by["alpaca-typo"]["over_refusal"], "benign_on_topic": by["alpaca-typo"]["on_topic"],
-                "reading": by["alpaca-read-image"]["helpfulness"],
-                "reading_similarity": by["alpaca-read-image"]["similarity"]}
+        return _measured(summarise(run([cond], sets, out / "results.jsonl", max_new_tokens=args.tokens,
+                                       batch_size=25, progress=False)), name)
 
     sweep = []
     with tempfile.TemporaryDirectory(prefix="lensiar-merge-sweep-") as scratch:  # 0.5 GB a checkpoint: not in --out
@@ -112,6 +109,16 @@ def main() -> None:
               "seconds": round(time.perf_counter() - t0, 1)}
     atomic_json(out / "merge_sweep.json", result, indent=2)
     json.dump(result, sys.stdout, indent=2)
+
+
+def _measured(summary: list[dict[str, Any]], condition: str) -> dict[str, object]:
+    """One sweep or revision row's figures from ``summarise``'s rows of ``condition``."""
+    by = {r["dataset"]: r for r in summary if r["category"] == "all" and r["condition"] == condition}
+    return {"image_asr": by["mm_safetybench-typo"]["asr"],
+            "image_asr_keyword": by["mm_safetybench-typo"]["asr_keyword"],
+            "over_refusal": by["alpaca-typo"]["over_refusal"], "benign_on_topic": by["alpaca-typo"]["on_topic"],
+            "reading": by["alpaca-read-image"]["helpfulness"],
+            "reading_similarity": by["alpaca-read-image"]["similarity"]}
 
 
 def _rate(row: dict[str, object], key: str) -> float:
@@ -173,8 +180,20 @@ def _compare_and_plot(sweep: list[dict[str, object]], revision: list[dict[str, o
 
 
 def rescore(path: Path) -> dict[str, object]:
-    """Recompute the equal-helpfulness comparison and the plot of a finished run's merge_sweep.json in place."""
+    """A finished run's merge_sweep.json recounted in place from the results.jsonl beside it (re-judged by
+    ``lensiar rejudge``): every row's figures, the judge, the samples, the equal-helpfulness comparison and the
+    plot; settings and timing are kept."""
+    from lensiar.evaluate import one_judge, read_results, sampled_answers, summarise
+
     result = json.loads(path.read_text())
+    records = read_results(path.with_name("results.jsonl"))
+    summary = summarise(records)
+    for row in result["merge"]:
+        row.update(_measured(summary, f"merge lambda={row['lambda']:g}"))
+    for row in result["revision"]["rows"]:
+        row.update(_measured(summary, f"revision alpha={row['alpha']:g}"))
+    result["judge"] = one_judge(records, str(path.with_name("results.jsonl")))
+    result["samples"] = sampled_answers(records)
     result["equal_helpfulness"] = _compare_and_plot(result["merge"], result["revision"]["rows"],
                                                     path.with_name("merge_sweep.png"))
     atomic_json(path, result, indent=2)

@@ -179,6 +179,30 @@ def test_adaptation_lambda_sweep_table_quotes_the_committed_run() -> None:
     assert "only\n  lambda = 0 (the organism itself) qualifies, and no revision setting does" in docs
 
 
+def test_merge_sweep_rescore_recounts_the_committed_json_from_its_answers(tmp_path: Path) -> None:
+    """benchmarks/merge_sweep.py --rescore on a copy of the committed run rebuilds its merge_sweep.json from the
+    stored results.jsonl, row for row, with the same judge, samples and comparison."""
+    import importlib.util
+    import json
+    import shutil
+
+    committed = ROOT / "docs" / "results" / "merge_sweep"
+    for name in ("merge_sweep.json", "results.jsonl"):
+        shutil.copy(committed / name, tmp_path / name)
+    spec = importlib.util.spec_from_file_location("merge_sweep", ROOT / "benchmarks" / "merge_sweep.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stale = json.loads((tmp_path / "merge_sweep.json").read_text())
+    for row in stale["merge"] + stale["revision"]["rows"]:
+        row["image_asr"] = row["over_refusal"] = None  # must come back from the answers
+    stale["judge"] = stale["samples"] = None
+    (tmp_path / "merge_sweep.json").write_text(json.dumps(stale))
+    module.rescore(tmp_path / "merge_sweep.json")
+    assert json.loads((tmp_path / "merge_sweep.json").read_text()) == json.loads((committed / "merge_sweep.json").read_text())
+    assert (tmp_path / "merge_sweep.png").stat().st_size > 10_000
+
+
 def _respell_pilot() -> object:
     import importlib.util
 
