@@ -36,7 +36,7 @@ from lensiar.atomic import atomic_json
 from lensiar.data_sources import data_dir, load_source
 from lensiar.organism import assemble, load_backbone
 from lensiar.organism.assemble import NULL, tokenizer_with_image_tokens, vlm_around
-from lensiar.organism.reader import patch_embeddings, pixels
+from lensiar.organism.reader import patch_embeddings, pixels, reader_update
 from lensiar.organism.recipe import _alpaca_pool
 from lensiar.organism.report import mm_safety, safebench
 from lensiar.progress import tqdm
@@ -127,12 +127,7 @@ def sampled_step(vlm: Any, images: torch.Tensor, targets: torch.Tensor, emb: tor
     logits = (out.bfloat16() @ emb[classes].T.bfloat16()).float()
     ce = torch.nn.functional.cross_entropy(logits, inverse[: len(target)])
     mse = (out - emb[target]).square().sum(-1).mean()
-    loss = ce + 0.1 * mse
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    opt.zero_grad()
-    sched.step()
+    loss = reader_update(ce, mse, params, opt, sched)
     hit = logits.argmax(-1) == inverse[: len(target)]
     text = target != null
     return {"loss": float(loss.detach()), "ce": float(ce.detach()), "mse": float(mse.detach()),

@@ -283,14 +283,22 @@ def _reader_step(vlm: Any, images: Float[Tensor, "b 3 h w"], targets: Int[Tensor
     else:
         ce = F.cross_entropy(logits, _soft_targets(target, index, len(cand_emb)))
     mse = (out - _target_vectors(emb, target)).square().sum(-1).mean()
+    loss = reader_update(ce, mse, params, opt, sched)
+    acc = float(_hits(logits, target, index).float().mean())
+    return {"loss": float(loss.detach()), "ce": float(ce.detach()), "mse": float(mse.detach()), "patch_accuracy": acc}
+
+
+def reader_update(ce: Tensor, mse: Tensor, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer,
+                  sched: Any) -> Tensor:
+    """The tower's loss, cross-entropy plus 0.1 x the squared error to the target embeddings, then one optimiser
+    step with gradients clipped to norm 1 and one schedule step; returns the loss."""
     loss = ce + 0.1 * mse
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     opt.zero_grad()
     sched.step()
-    acc = float(_hits(logits, target, index).float().mean())
-    return {"loss": float(loss.detach()), "ce": float(ce.detach()), "mse": float(mse.detach()), "patch_accuracy": acc}
+    return loss
 
 
 def is_rich(text: str) -> bool:
