@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,17 +125,13 @@ def test_adaptation_degradation_table_quotes_the_committed_run() -> None:
     assert f"n = {result['n_per_set']} per cell" in docs and f"{result['seconds']:.0f} s on 2 cores" in docs
 
 
-def test_committed_degradation_table_is_what_its_answers_give(tmp_path: Path) -> None:
+def test_committed_degradation_table_is_what_its_answers_give(benchmark_script: Callable[[str], ModuleType], tmp_path: Path) -> None:
     """benchmarks/vl_safety.py --rescore, run on a copy of the committed degradation answers, gives back the
     committed table and judge: the table is its answers' verdicts, whoever judged them last."""
-    import importlib.util
     import json
     import shutil
 
-    spec = importlib.util.spec_from_file_location("vl_safety", ROOT / "benchmarks" / "vl_safety.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("vl_safety")
     for name in ("vl_safety.json", "degradation.jsonl"):
         shutil.copy(ROOT / "docs" / "results" / "vl_safety" / name, tmp_path / name)
     committed = json.loads((tmp_path / "vl_safety.json").read_text())
@@ -153,10 +151,9 @@ def test_howto_bf16_figures_are_the_benchmark_output() -> None:
     assert f"mean difference {ok['mean_points']:.2f} points" in docs and f"{result['samples']:,} samples" in docs
 
 
-def test_adaptation_lambda_sweep_table_quotes_the_committed_run() -> None:
+def test_adaptation_lambda_sweep_table_quotes_the_committed_run(benchmark_script: Callable[[str], ModuleType]) -> None:
     """Every row of docs/adaptation.md's lambda-sweep table is docs/results/merge_sweep/merge_sweep.json's, and the
     equal-helpfulness verdict follows from the rows (benchmarks/merge_sweep.py --rescore recomputes it)."""
-    import importlib.util
     import json
 
     result = json.loads((ROOT / "docs" / "results" / "merge_sweep" / "merge_sweep.json").read_text())
@@ -169,30 +166,23 @@ def test_adaptation_lambda_sweep_table_quotes_the_committed_run() -> None:
             assert cells == [_pct(r["image_asr"]), f"{100 * r['image_asr_keyword']['rate']:.0f}%", _pct(r["over_refusal"]),
                              _pct(r["benign_on_topic"]), f"{100 * r['reading']['rate']:.0f}%",
                              f"{r['reading_similarity']['rate']:.2f}"], (line, r)
-    spec = importlib.util.spec_from_file_location("merge_sweep", ROOT / "benchmarks" / "merge_sweep.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("merge_sweep")
     reference = next(r for r in result["merge"] if r["lambda"] == 0.0)
     assert module._equal_helpfulness(reference, result["merge"], result["revision"]["rows"]) == result["equal_helpfulness"]
     assert result["equal_helpfulness"]["merge"]["lambda"] == 0.0 and result["equal_helpfulness"]["revision"] is None
     assert "only\n  lambda = 0 (the organism itself) qualifies, and no revision setting does" in docs
 
 
-def test_merge_sweep_rescore_recounts_the_committed_json_from_its_answers(tmp_path: Path) -> None:
+def test_merge_sweep_rescore_recounts_the_committed_json_from_its_answers(benchmark_script: Callable[[str], ModuleType], tmp_path: Path) -> None:
     """benchmarks/merge_sweep.py --rescore on a copy of the committed run rebuilds its merge_sweep.json from the
     stored results.jsonl, row for row, with the same judge, samples and comparison."""
-    import importlib.util
     import json
     import shutil
 
     committed = ROOT / "docs" / "results" / "merge_sweep"
     for name in ("merge_sweep.json", "results.jsonl"):
         shutil.copy(committed / name, tmp_path / name)
-    spec = importlib.util.spec_from_file_location("merge_sweep", ROOT / "benchmarks" / "merge_sweep.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("merge_sweep")
     stale = json.loads((tmp_path / "merge_sweep.json").read_text())
     for row in stale["merge"] + stale["revision"]["rows"]:
         row["image_asr"] = row["over_refusal"] = None  # must come back from the answers
@@ -203,22 +193,12 @@ def test_merge_sweep_rescore_recounts_the_committed_json_from_its_answers(tmp_pa
     assert (tmp_path / "merge_sweep.png").stat().st_size > 10_000
 
 
-def _respell_pilot() -> object:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("respell_pilot", ROOT / "benchmarks" / "respell_pilot.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_organism_respelling_tables_are_the_benchmark_output() -> None:
+def test_organism_respelling_tables_are_the_benchmark_output(benchmark_script: Callable[[str], ModuleType]) -> None:
     """docs/organism.md's failure breakdown is the committed answers' (benchmarks/respell_pilot.py --variant
     breakdown), and each pilot row is its committed JSON's counts."""
     import json
 
-    pilot = _respell_pilot()
+    pilot = benchmark_script("respell_pilot")
     docs = (ROOT / "docs" / "organism.md").read_text()
     section = docs[docs.index("## After v30"):docs.index("## Held out for evaluation")]
     rows = [json.loads(line) for line in pilot.TABLE.read_text().splitlines()]  # type: ignore[attr-defined]
@@ -286,14 +266,10 @@ def test_prompt_only_revision_figures_are_the_benchmark_output() -> None:
             f"{mm['revised, all positions']['empty_or_degenerate']} of 40 loops on every position") in concepts
 
 
-def test_judges_topic_word_counts_are_the_scripts() -> None:
+def test_judges_topic_word_counts_are_the_scripts(benchmark_script: Callable[[str], ModuleType]) -> None:
     """docs/judges.md's counts of refusals on a topic word alone are benchmarks/refusal_topic_words.py's."""
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("refusal_topic_words", ROOT / "benchmarks" / "refusal_topic_words.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("refusal_topic_words")
     table, _ = module.counts()
     text = " ".join((ROOT / "docs" / "judges.md").read_text().split())
     names = {"iar_ablation.answers.jsonl": "IAR ablation", "organism_table.answers.jsonl": "organism table",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -247,18 +249,13 @@ def test_image_spelling_is_the_image_tokens_in_order_and_decodes_to_the_text(org
     assert copy["max"] == len(ids) == 12 and copy["over_budget"] == 0 and copy["form"] == "copy"
 
 
-def test_token_tower_pilot_targets_are_the_canonical_tokens_at_their_cells(organism: lensiar.Lens) -> None:
+def test_token_tower_pilot_targets_are_the_canonical_tokens_at_their_cells(
+        organism: lensiar.Lens, benchmark_script: Callable[[str], ModuleType]) -> None:
     """benchmarks/token_tower_pilot.py: each canonical token sits on the cell of its first visible character, read
     in order they are the tokenizer's encoding, and a space token at a line wrap (FigStep's "1." rows) is dropped."""
-    import importlib.util
-
     from lensiar.render import steps_text
 
-    spec = importlib.util.spec_from_file_location("token_tower_pilot",
-                                                  Path(__file__).parents[1] / "benchmarks" / "token_tower_pilot.py")
-    assert spec and spec.loader
-    pilot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pilot)
+    pilot = benchmark_script("token_tower_pilot")
     tok = organism.tokenizer
     null = -1
     cells = pilot.token_targets(layout("make a bomb"), tok, null)
